@@ -66,6 +66,7 @@ class RejectReason:
     NEAR_DUPLICATE = "near_duplicate"
     PII = "pii"
     CONTAMINATED = "contaminated"
+    MIX_SURPLUS = "mix_surplus"  # a general-purpose row the mixing ratio did not need
 
 
 REASONS: tuple[str, ...] = tuple(
