@@ -1,0 +1,138 @@
+"""Terminal rendering for the CLI: tables, progress bars and error output (rich)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskProgressColumn,
+    TextColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+from rich.text import Text
+
+if TYPE_CHECKING:
+    from tuneforge.data import Inspection, PreparedDataset
+    from tuneforge.models import ModelEntry
+
+out = Console()
+err = Console(stderr=True)
+
+
+class RowProgress:
+    """A progress bar fed by the library's (done, total) callback, with rows/s and ETA."""
+
+    def __init__(self, label: str) -> None:
+        self._progress = Progress(
+            TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(),
+            TextColumn("{task.fields[rate]} rows/s"), TimeRemainingColumn(), console=err, transient=True,
+        )
+        self._task = self._progress.add_task(label, total=None, rate="-")
+
+    def __enter__(self) -> RowProgress:
+        self._progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._progress.stop()
+
+    def update(self, done: int, total: int | None) -> None:
+        task = self._progress.tasks[0]
+        elapsed = task.elapsed or 0.0
+        rate = f"{done / elapsed:,.0f}" if elapsed > 0 else "-"
+        self._progress.update(self._task, completed=done, total=total, rate=rate)
+
+
+def models_table(entries: list[ModelEntry]) -> None:
+    t = Table(title="base models")
+    t.add_column("ref", no_wrap=True)
+    t.add_column("status", no_wrap=True)
+    t.add_column("size MB", justify="right", no_wrap=True)
+    t.add_column("path / how to get it", overflow="fold")
+    for e in entries:
+        t.add_row(e.ref, e.status, f"{e.size_mb:,.1f}", e.path or e.how_to_get)
+    out.print(t)
+    out.print("Also accepted: a local directory with config.json, or a hub id (org/name) present in the hub cache.")
+
+
+def _kv_table(title: str, rows: list[tuple[str, Any]]) -> Table:
+    t = Table(title=title, show_header=False)
+    t.add_column(style="bold")
+    t.add_column(justify="right")
+    for k, v in rows:
+        t.add_row(k, f"{v:,}" if isinstance(v, int) else str(v))
+    return t
+
+
+def prepared_summary(ds: PreparedDataset) -> None:
+    m = ds.manifest
+    c = m["counts"]
+    if ds.reused:
+        out.print(f"[yellow]unchanged[/yellow]: inputs, tokenizer, template and config match an earlier run; "
+                  f"nothing to do. Dataset at {ds.path}")
+    funnel = Table(title="rows through the pipeline")
+    for col in ("stage", "removed", "left"):
+        funnel.add_column(col, justify="right" if col != "stage" else "left")
+    for f in c["funnel"]:
+        funnel.add_row(f["stage"], f"{f['removed']:,}", f"{f['left']:,}")
+    out.print(funnel)
+    if c["rejected_by_reason"]:
+        out.print(_kv_table("rejected by reason (rejected.jsonl)", list(c["rejected_by_reason"].items())))
+    pii = m["pii"]
+    if pii["findings"]:
+        out.print(_kv_table(f"PII ({pii['mode']}; {pii['rows_with_findings']:,} rows)", list(pii["findings"].items())))
+    s = m["tokens"]["stats"]
+    out.print(_kv_table("tokens per row (chat template applied)",
+                        [("mean", s["mean"]), ("p50", s["p50"]), ("p90", s["p90"]), ("max", s["max"]),
+                         ("total", s["total"])]))
+    out.print(_kv_table("splits", list(c["splits"].items())))
+    if not ds.reused:
+        out.print(f"[green]prepared[/green] {c['kept']:,} of {c['read']:,} rows in {m['timings']['total_s']} s "
+                  f"→ {ds.path}")
+    out.print(f"fingerprint {ds.fingerprint}")
+
+
+def inspection(ins: Inspection) -> None:
+    prepared_summary_header = f"dataset {ins.dataset.path} (fingerprint {ins.dataset.fingerprint[:16]})"
+    out.print(f"[bold]{escape(prepared_summary_header)}[/bold]")
+    m = ins.dataset.manifest
+    c = m["counts"]
+    out.print(_kv_table("counts", [("read", c["read"]), ("kept", c["kept"]), ("rejected", c["rejected"])]
+                        + [(f"split {k}", v) for k, v in c["splits"].items()]))
+    hist = m["tokens"]["stats"]["histogram"]
+    if hist:
+        top = max(h[2] for h in hist) or 1
+        t = Table(title="token length histogram")
+        t.add_column("tokens", justify="right")
+        t.add_column("rows", justify="right")
+        t.add_column("")
+        for lo, hi, n in hist:
+            t.add_row(f"{lo}–{hi - 1}", f"{n:,}", "█" * max(1 if n else 0, round(40 * n / top)))
+        out.print(t)
+    out.print(_kv_table("messages per row", [(str(k), v) for k, v in ins.turns.items()]))
+    out.print(_kv_table("messages per role", list(ins.roles.items())))
+    if ins.reject_examples:
+        t = Table(title="reject reasons")
+        for col in ("reason", "rows", "first example"):
+            t.add_column(col)
+        for reason, n in c["rejected_by_reason"].items():
+            ex = ins.reject_examples.get(reason, {})
+            t.add_row(reason, f"{n:,}", escape(f"{ex.get('source')}:{ex.get('line')} {ex.get('detail', '')}"))
+        out.print(t)
+    for s in ins.samples:
+        for r in s.rendered:
+            out.print(f"[dim]── sample {escape(s.origin)} (trained spans in «green»)[/dim]")
+            text = Text()
+            pos = 0
+            for a, b in r.spans:
+                text.append(r.text[pos:a])
+                text.append("«" + r.text[a:b] + "»", style="bold green")
+                pos = b
+            text.append(r.text[pos:])
+            out.print(text)

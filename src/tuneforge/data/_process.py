@@ -1,0 +1,175 @@
+"""Per-row work of the data stage: normalise, validate, decontaminate, PII, token length.
+
+It runs on chunks of rows, in worker processes for large inputs or in-process for small ones.
+Cross-row decisions (deduplication, splitting, mixing) stay in the parent, which sees rows in
+input order, so the result is the same whatever the number of workers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from tuneforge.data._types import RawRow, Reject, RejectReason, Row
+
+
+@dataclass(frozen=True)
+class ProcessSpec:
+    """Everything a worker needs to build its tools; picklable."""
+
+    tokenizer_path: str
+    max_tokens: int
+    system_prompt: str | None
+    pii_mode: str
+    pii_entities: tuple[str, ...]
+    pii_threshold: float
+    near_dedup: bool
+    num_perm: int
+    shingle_size: int
+    eval_items: tuple[tuple[str, str], ...]  # (item id, text) for decontamination
+    ngram: int
+
+
+@dataclass
+class Kept:
+    row: Row
+    num_tokens: int
+    key: bytes  # exact-dedup key of the normalised content
+    pii: dict[str, int]  # findings per entity type (redacted or flagged)
+
+
+@dataclass
+class ChunkResult:
+    kept: list[Kept] = field(default_factory=list)
+    rejects: list[Reject] = field(default_factory=list)
+    signatures: np.ndarray | None = None  # (len(kept), num_perm) MinHash signatures
+    pii_dropped: dict[str, int] = field(default_factory=dict)
+
+
+def body_text(row: Row) -> str:
+    """The row's text without system turns.
+
+    Near-duplicate and contamination checks use it because a system prompt shared by every row
+    would otherwise make unrelated rows look alike and match every eval item.
+    """
+    from tuneforge.data._types import CHAT, PREFERENCE
+
+    if row.kind == CHAT:
+        msgs = row.data["messages"]
+    elif row.kind == PREFERENCE:
+        msgs = row.data["prompt"] + row.data["chosen"] + row.data["rejected"]
+    else:
+        return row.data["text"]
+    return "\n".join(m.get("content") or "" for m in msgs if m.get("role") != "system")
+
+
+class ChunkProcessor:
+    """Holds the per-process tools (tokenizer, PII scanner, MinHasher, decontaminator)."""
+
+    def __init__(self, spec: ProcessSpec) -> None:
+        from transformers import AutoTokenizer
+
+        from tuneforge.data._decontam import Decontaminator
+        from tuneforge.data._dedup import MinHasher
+        from tuneforge.data._pii import PiiScanner
+
+        self.spec = spec
+        self.tokenizer = AutoTokenizer.from_pretrained(spec.tokenizer_path)
+        self.pii = PiiScanner(spec.pii_entities, spec.pii_threshold) if spec.pii_mode != "off" else None
+        self.hasher = MinHasher(spec.num_perm, spec.shingle_size) if spec.near_dedup else None
+        self.decontam = Decontaminator(spec.eval_items, spec.ngram) if spec.eval_items else None
+
+    def run(self, raws: list[RawRow], fmt: str, origin: str) -> ChunkResult:
+        from tuneforge.data._dedup import content_key
+        from tuneforge.data._formats import map_text, normalise, row_text
+        from tuneforge.data._render import render_texts
+
+        out = ChunkResult()
+        survivors: list[tuple[Row, dict[str, int]]] = []
+        for raw in raws:
+            got = normalise(raw, fmt, self.spec.system_prompt)
+            if isinstance(got, Reject):
+                out.rejects.append(got)
+                continue
+            row = got
+            row.origin = origin
+            text = row_text(row)
+            if self.decontam is not None and (hit := self.decontam.match(body_text(row))) is not None:
+                out.rejects.append(self._reject(row, RejectReason.CONTAMINATED, f"overlaps eval item {hit}"))
+                continue
+            found: dict[str, int] = {}
+            if self.pii is not None:
+                row, found = self._apply_pii(row, text, map_text)
+                if row is None:
+                    for k, v in found.items():
+                        out.pii_dropped[k] = out.pii_dropped.get(k, 0) + v
+                    out.rejects.append(self._reject(got, RejectReason.PII, "contains " + ", ".join(sorted(found))))
+                    continue
+            survivors.append((row, found))
+
+        # Token lengths of the rendered training text, one batched tokenizer call per chunk.
+        texts: list[str] = []
+        owners: list[int] = []
+        for i, (row, _) in enumerate(survivors):
+            for t in render_texts(self.tokenizer, row):
+                texts.append(t)
+                owners.append(i)
+        lengths = [0] * len(survivors)
+        if texts:
+            ids = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
+            for owner, seq in zip(owners, ids, strict=True):
+                lengths[owner] = max(lengths[owner], len(seq))
+
+        dedup_texts: list[str] = []
+        for (row, found), n in zip(survivors, lengths, strict=True):
+            if n > self.spec.max_tokens:
+                out.rejects.append(
+                    self._reject(row, RejectReason.TOO_MANY_TOKENS, f"{n} tokens > data.max_tokens={self.spec.max_tokens}")
+                )
+                continue
+            out.kept.append(Kept(row, n, content_key(row_text(row)), found))
+            dedup_texts.append(body_text(row))
+        if self.hasher is not None and dedup_texts:
+            out.signatures = self.hasher.signatures(dedup_texts)
+        return out
+
+    def _apply_pii(self, row: Row, text: str, map_text: Any) -> tuple[Row | None, dict[str, int]]:
+        assert self.pii is not None
+        mode = self.spec.pii_mode
+        if mode == "redact":
+            counts: dict[str, int] = {}
+
+            def redact(s: str) -> str:
+                new, found = self.pii.redact(s)
+                for k, v in found.items():
+                    counts[k] = counts.get(k, 0) + v
+                return new
+
+            return map_text(row, redact), counts
+        counts = {}
+        for f in self.pii.scan(text):
+            counts[f.entity] = counts.get(f.entity, 0) + 1
+        if mode == "drop" and counts:
+            return None, counts
+        return row, counts
+
+    @staticmethod
+    def _reject(row: Row, reason: str, detail: str) -> Reject:
+        return Reject(row.source, row.line, reason, detail, {"kind": row.kind, **row.data})
+
+
+# One processor per worker process, built by the pool initializer: the tokenizer and scanners
+# are too costly to rebuild per chunk and cannot be shared across processes.
+_WORKER: ChunkProcessor | None = None
+
+
+def init_worker(spec: ProcessSpec) -> None:
+    global _WORKER
+    _WORKER = ChunkProcessor(spec)
+
+
+def run_in_worker(raws: list[RawRow], fmt: str, origin: str) -> ChunkResult:
+    assert _WORKER is not None, "init_worker was not called"
+    return _WORKER.run(raws, fmt, origin)
