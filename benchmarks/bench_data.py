@@ -2,7 +2,7 @@
 
 Both run in this script on the same synthetic support-ticket rows (chat format, ~5% duplicates,
 ~10% with PII) with dedup and PII redaction on. Each measurement runs in a fresh subprocess whose
-whole process tree is sampled for peak RSS (workers included).
+whole process tree is sampled for peak memory (PSS: shared pages counted once).
 
     python benchmarks/bench_data.py                      # 10k, 100k, 1M rows (baseline at 10k)
     python benchmarks/bench_data.py --sizes 10000 --baseline-sizes 10000
@@ -13,6 +13,7 @@ Writes benchmarks/results/bench_data.json.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -60,23 +61,32 @@ def write_input(path: Path, n: int) -> None:
             f.write(line + "\n")
 
 
+def _tree_pss(root: psutil.Process) -> int:
+    """Memory of a process and its children, shared pages counted once (PSS).
+
+    Forked workers share the parent's pages; summing RSS would count those once per process.
+    """
+    total = 0
+    for p in [root, *root.children(recursive=True)]:
+        with contextlib.suppress(psutil.Error):
+            total += p.memory_full_info().pss
+    return total
+
+
 def measure(cmd: list[str], env: dict[str, str]) -> dict:
-    """Run cmd; return wall seconds, peak RSS of its process tree, and its JSON stdout."""
+    """Run cmd; return wall seconds, peak memory (PSS) of its process tree, and its JSON stdout."""
     started = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
     root = psutil.Process(proc.pid)
     peak = 0
     while proc.poll() is None:
-        try:
-            procs = [root, *root.children(recursive=True)]
-            peak = max(peak, sum(p.memory_info().rss for p in procs if p.is_running()))
-        except psutil.Error:
-            pass
-        time.sleep(0.1)
+        with contextlib.suppress(psutil.Error):
+            peak = max(peak, _tree_pss(root))
+        time.sleep(0.2)
     out, err = proc.communicate()
     if proc.returncode != 0:
         raise RuntimeError(f"{cmd} failed:\n{err[-3000:]}")
-    return {"wall_s": round(time.perf_counter() - started, 2), "peak_rss_mib": round(peak / 2**20, 1),
+    return {"wall_s": round(time.perf_counter() - started, 2), "peak_pss_mib": round(peak / 2**20, 1),
             **json.loads(out.strip().splitlines()[-1])}
 
 

@@ -183,10 +183,10 @@ def test_a_band_hit_alone_is_not_a_match() -> None:
     rng = np.random.default_rng(6)
     first = rng.integers(0, 2**32, 128, dtype=np.uint32)
     index.add_or_match("first", first)
-    r = index._lsh.r
+    r = index.rows_per_band
     other = rng.integers(0, 2**32, 128, dtype=np.uint32)
     other[:r] = first[:r]  # same first band: an LSH candidate, estimated Jaccard r/128
-    assert index._lsh.query(_as_minhash(other)) == [0]
+    assert index.candidates(index.band_keys(other)[0]) == [0]
     assert index.add_or_match("second", other) is None
     other[: int(0.85 * 128)] = first[: int(0.85 * 128)]
     assert index.add_or_match("third", other) == "first"
@@ -202,10 +202,6 @@ def test_the_earliest_of_several_matches_is_named() -> None:
     assert index.add_or_match("older", older) is None
     assert index.add_or_match("newer", newer) is None
     assert index.add_or_match("probe", probe) == "older"
-
-
-def _as_minhash(signature: np.ndarray) -> MinHash:
-    return MinHash(num_perm=len(signature), hashvalues=signature, scheme="affine32")
 
 
 def test_signature_shape_is_checked() -> None:
@@ -237,3 +233,16 @@ def test_many_rows_stay_searchable() -> None:
     probe[:10] += 1  # estimated Jaccard 118/128
     assert index.add_or_match("probe", probe) == "r12345"
     assert len(index) == 20_000
+
+
+def test_batched_band_keys_equal_per_row_keys() -> None:
+    rng = np.random.default_rng(10)
+    sigs = rng.integers(0, 2**32, size=(50, 128), dtype=np.uint32)
+    index = NearDuplicateIndex(0.8)
+    batch = index.band_keys(sigs)
+    assert batch.shape == (50, index.bands) and batch.max() < 2**30
+    assert all((index.band_keys(s)[0] == batch[i]).all() for i, s in enumerate(sigs))
+    a, b = sigs[0].copy(), sigs[1].copy()
+    b[index.rows_per_band : 2 * index.rows_per_band] = a[index.rows_per_band : 2 * index.rows_per_band]
+    ka, kb = index.band_keys(a)[0], index.band_keys(b)[0]
+    assert ka[1] == kb[1] and (ka != kb).sum() == index.bands - 1  # only the shared band collides

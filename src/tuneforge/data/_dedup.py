@@ -6,10 +6,11 @@ permutations), computed for a whole batch of texts in a few numpy operations ins
 ``MinHash`` object per text; a test checks they equal ``MinHash.bulk``'s bit for bit. Shingles
 are hashed with xxhash, ten times faster than datasketch's default SHA-1 and as good for this.
 
-The index is datasketch's ``MinHashLSH`` (its band/row choice, banding and bucket hashing) with
-compact bucket storage: the default keeps a Python ``set`` per bucket and a list of band keys
-per row, about 3 KB a row (3 GB for a million rows, measured); flat arrays need about 0.3 KB,
-plus 0.5 KB for the row's signature, which every band hit is checked against.
+The index takes its band/row choice from datasketch's ``MinHashLSH`` and stores buckets
+compactly: datasketch's own storage keeps a Python ``set`` per bucket and a list of band keys per
+row, about 3 KB a row (3 GB for a million rows, measured); flat arrays need about 0.3 KB, plus
+0.5 KB for the row's signature, which every band hit is checked against. Band keys are computed
+for whole batches with numpy (in the worker processes), leaving the parent table look-ups.
 """
 
 from __future__ import annotations
@@ -123,19 +124,6 @@ class MinHasher:
         return sig
 
 
-class _Signature:
-    """Just what ``MinHashLSH`` reads from a MinHash, around a row of our signature array."""
-
-    __slots__ = ("hashvalues",)
-    scheme = "affine32"
-
-    def __init__(self, hashvalues: np.ndarray) -> None:
-        self.hashvalues = hashvalues
-
-    def __len__(self) -> int:
-        return len(self.hashvalues)
-
-
 class _BandTable:
     """One band's buckets, in place of datasketch's ``DictSetStorage``.
 
@@ -172,20 +160,19 @@ class _BandTable:
             row = self._next[row]
         return rows
 
-    def insert(self, key: int, *rows: int, buffer: bool = False) -> None:
-        for row in rows:
-            if row != len(self._next):
-                raise ValueError(f"rows must be inserted in order: expected {len(self._next)}, got {row}")
-            i = self._slot(key + 1)
-            if self._keys[i] == 0:
-                self._keys[i] = key + 1
-                self._next.append(-1)
-                self._used += 1
-            else:
-                self._next.append(self._heads[i])
-            self._heads[i] = row
-            if 2 * self._used > self._mask:
-                self._grow()
+    def insert(self, key: int, row: int) -> None:
+        if row != len(self._next):
+            raise ValueError(f"rows must be inserted in order: expected {len(self._next)}, got {row}")
+        i = self._slot(key + 1)
+        if self._keys[i] == 0:
+            self._keys[i] = key + 1
+            self._next.append(-1)
+            self._used += 1
+        else:
+            self._next.append(self._heads[i])
+        self._heads[i] = row
+        if 2 * self._used > self._mask:
+            self._grow()
 
     def size(self) -> int:
         return self._used
@@ -217,17 +204,40 @@ class _BandTable:
         self._mask = mask
 
 
-class _NoRowKeys:
-    """Stands in for ``MinHashLSH.keys`` (row -> its band keys), which only removal needs."""
+def lsh_bands(threshold: float, num_perm: int) -> tuple[int, int]:
+    """(bands, rows per band) from datasketch's optimiser, weighting misses 19:1.
 
-    def insert(self, key: int, *band_keys: int, buffer: bool = False) -> None:
-        pass
+    Candidates are checked against their signatures, so a false band hit costs only that check
+    while a missed one loses a duplicate: 19:1 gives 16 bands of 8 at the default 0.8 threshold
+    and 95% recall at it (the even default, 9 x 13, gives 40%).
+    """
+    from datasketch import MinHashLSH
+
+    lsh = MinHashLSH(threshold=threshold, num_perm=num_perm, weights=(0.05, 0.95))
+    return lsh.b, lsh.r
 
 
-def _band_key(band: bytes) -> int:
-    # 30 bits keep each key a small Python int; a chance collision only adds a candidate that
-    # the signature check then rejects.
-    return xxhash.xxh64_intdigest(band) & 0x3FFFFFFF
+_MIX = np.uint64(0x9E3779B97F4A7C15)
+
+
+def band_keys(signatures: np.ndarray, bands: int, rows: int) -> np.ndarray:
+    """(n, bands) 30-bit keys, one per band of each signature, computed for a batch at once.
+
+    30 bits keep each key a small int in the flat tables; a chance collision only adds a
+    candidate that the signature check then rejects. Workers compute these, so the parent's
+    per-row work is table look-ups.
+    """
+    sig = np.asarray(signatures, dtype=np.uint32)
+    if sig.ndim == 1:
+        sig = sig[None, :]
+    n = sig.shape[0]
+    cols = sig[:, : bands * rows].reshape(n, bands, rows).astype(np.uint64)
+    h = np.zeros((n, bands), dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for j in range(rows):
+            h = (h ^ cols[:, :, j]) * _MIX
+            h ^= h >> np.uint64(29)
+    return (h & np.uint64(0x3FFFFFFF)).astype(np.uint32)
 
 
 class NearDuplicateIndex:
@@ -235,38 +245,47 @@ class NearDuplicateIndex:
 
     LSH band collisions only nominate candidates: each is checked against its stored signature
     (the share of equal hash values estimates the Jaccard similarity), and the earliest indexed
-    row that passes is the match. Signatures are kept in one growing uint32 array.
+    row that passes is the match. Signatures are kept in one growing uint32 array and each band
+    in a flat open-addressing table: about 0.8 KB a row (1M rows in ~1 GiB).
     """
 
     def __init__(self, threshold: float = 0.8, num_perm: int = 128) -> None:
-        from datasketch import MinHashLSH
-
         self.threshold = threshold
         self.num_perm = num_perm
-        # Candidates are checked against their signatures, so a false band hit costs only that
-        # check while a missed one loses a duplicate: weight misses 19:1, which gives 16 bands of
-        # 8 at the default threshold and 95% recall at it (the even default: 9 x 13, 40%).
-        self._lsh = MinHashLSH(threshold=threshold, num_perm=num_perm, weights=(0.05, 0.95), hashfunc=_band_key)
-        self._lsh.hashtables = [_BandTable() for _ in range(self._lsh.b)]
-        self._lsh.keys = _NoRowKeys()
+        self.bands, self.rows_per_band = lsh_bands(threshold, num_perm)
+        self._tables = [_BandTable() for _ in range(self.bands)]
         self._signatures = np.empty((1024, num_perm), dtype=np.uint32)
         self._keys: list[str] = []
 
     def __len__(self) -> int:
         return len(self._keys)
 
-    def add_or_match(self, key: str, signature: np.ndarray) -> str | None:
-        """The key of an indexed near-duplicate of ``signature``; if there is none, index it."""
+    def band_keys(self, signatures: np.ndarray) -> np.ndarray:
+        return band_keys(signatures, self.bands, self.rows_per_band)
+
+    def candidates(self, keys: np.ndarray) -> list[int]:
+        """Indexed rows sharing at least one band key with ``keys``, oldest first."""
+        found: set[int] = set()
+        for table, k in zip(self._tables, keys.tolist(), strict=True):
+            found.update(table.get(k))
+        return sorted(found)
+
+    def add_or_match(self, key: str, signature: np.ndarray, keys: np.ndarray | None = None) -> str | None:
+        """The key of an indexed near-duplicate of ``signature``; if there is none, index it.
+
+        ``keys`` are the signature's band keys when the caller computed them in a batch.
+        """
         sig = np.asarray(signature, dtype=np.uint32)
         if sig.shape != (self.num_perm,):
             raise ValueError(f"expected a signature of shape ({self.num_perm},), got {sig.shape}")
-        candidates = self._lsh.query(_Signature(sig))
-        if candidates:
-            rows = np.array(sorted(candidates), dtype=np.intp)
+        if keys is None:
+            keys = self.band_keys(sig)[0]
+        rows = self.candidates(keys)
+        if rows:
             similarity = np.count_nonzero(self._signatures[rows] == sig, axis=1) / self.num_perm
-            passing = rows[similarity >= self.threshold]
+            passing = np.flatnonzero(similarity >= self.threshold)
             if passing.size:
-                return self._keys[int(passing[0])]
+                return self._keys[rows[int(passing[0])]]
         row = len(self._keys)
         if row == len(self._signatures):
             grown = np.empty((2 * row, self.num_perm), dtype=np.uint32)
@@ -274,5 +293,6 @@ class NearDuplicateIndex:
             self._signatures = grown
         self._signatures[row] = sig
         self._keys.append(key)
-        self._lsh.insert(row, _Signature(self._signatures[row]), check_duplication=False)
+        for table, k in zip(self._tables, keys.tolist(), strict=True):
+            table.insert(k, row)
         return None

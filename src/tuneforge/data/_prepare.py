@@ -289,6 +289,7 @@ def _run(
         pii_entities=tuple(dcfg.pii.entities),
         pii_threshold=dcfg.pii.score_threshold,
         near_dedup=dcfg.dedup.near,
+        threshold=dcfg.dedup.threshold,
         num_perm=dcfg.dedup.num_perm,
         shingle_size=dcfg.dedup.shingle_size,
         eval_items=eval_items,
@@ -342,8 +343,8 @@ def _run(
                 reject(Reject(k.row.source, k.row.line, RejectReason.EXACT_DUPLICATE,
                               f"duplicate of {first}", {"kind": k.row.kind, **k.row.data}), origin)
                 continue
-            if near is not None and res.signatures is not None:
-                match = near.add_or_match(where, res.signatures[i])
+            if near is not None and res.signatures is not None and res.band_keys is not None:
+                match = near.add_or_match(where, res.signatures[i], res.band_keys[i])
                 if match is not None:
                     reject(Reject(k.row.source, k.row.line, RejectReason.NEAR_DUPLICATE,
                                   f"near-duplicate of {match} (Jaccard >= {dcfg.dedup.threshold})",

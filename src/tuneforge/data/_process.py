@@ -26,6 +26,7 @@ class ProcessSpec:
     pii_entities: tuple[str, ...]
     pii_threshold: float
     near_dedup: bool
+    threshold: float
     num_perm: int
     shingle_size: int
     eval_items: tuple[tuple[str, str], ...]  # (item id, text) for decontamination
@@ -45,6 +46,7 @@ class ChunkResult:
     kept: list[Kept] = field(default_factory=list)
     rejects: list[Reject] = field(default_factory=list)
     signatures: np.ndarray | None = None  # (len(kept), num_perm) MinHash signatures
+    band_keys: np.ndarray | None = None  # (len(kept), bands) LSH band keys of those signatures
     pii_dropped: dict[str, int] = field(default_factory=dict)
 
 
@@ -72,13 +74,14 @@ class ChunkProcessor:
         from transformers import AutoTokenizer
 
         from tuneforge.data._decontam import Decontaminator
-        from tuneforge.data._dedup import MinHasher
+        from tuneforge.data._dedup import MinHasher, lsh_bands
         from tuneforge.data._pii import PiiScanner
 
         self.spec = spec
         self.tokenizer = AutoTokenizer.from_pretrained(spec.tokenizer_path)
         self.pii = PiiScanner(spec.pii_entities, spec.pii_threshold) if spec.pii_mode != "off" else None
         self.hasher = MinHasher(spec.num_perm, spec.shingle_size) if spec.near_dedup else None
+        self.bands = lsh_bands(spec.threshold, spec.num_perm) if spec.near_dedup else (0, 0)
         self.decontam = Decontaminator(spec.eval_items, spec.ngram) if spec.eval_items else None
 
     def run(self, raws: list[RawRow], fmt: str, origin: str) -> ChunkResult:
@@ -132,7 +135,10 @@ class ChunkProcessor:
             out.kept.append(Kept(row, n, content_key(row_text(row)), found))
             dedup_texts.append(body_text(row))
         if self.hasher is not None and dedup_texts:
+            from tuneforge.data._dedup import band_keys
+
             out.signatures = self.hasher.signatures(dedup_texts)
+            out.band_keys = band_keys(out.signatures, *self.bands)
         return out
 
     def _apply_pii(self, row: Row, text: str, map_text: Any) -> tuple[Row | None, dict[str, int]]:
