@@ -18,6 +18,7 @@ import json
 import os
 import platform
 import random
+import resource
 import subprocess
 import sys
 import tempfile
@@ -76,6 +77,7 @@ def _tree_pss(root: psutil.Process) -> int:
 def measure(cmd: list[str], env: dict[str, str]) -> dict:
     """Run cmd; return wall seconds, peak memory (PSS) of its process tree, and its JSON stdout."""
     started = time.perf_counter()
+    cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
     root = psutil.Process(proc.pid)
     peak = 0
@@ -86,7 +88,12 @@ def measure(cmd: list[str], env: dict[str, str]) -> dict:
     out, err = proc.communicate()
     if proc.returncode != 0:
         raise RuntimeError(f"{cmd} failed:\n{err[-3000:]}")
-    return {"wall_s": round(time.perf_counter() - started, 2), "peak_pss_mib": round(peak / 2**20, 1),
+    cpu_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    # CPU seconds of the whole tree (workers are waited for, so theirs are included): unlike wall
+    # time, this barely moves when other work shares the machine.
+    cpu = (cpu_after.ru_utime - cpu_before.ru_utime) + (cpu_after.ru_stime - cpu_before.ru_stime)
+    return {"wall_s": round(time.perf_counter() - started, 2), "cpu_s": round(cpu, 2),
+            "peak_pss_mib": round(peak / 2**20, 1),
             **json.loads(out.strip().splitlines()[-1])}
 
 
@@ -159,13 +166,16 @@ def main() -> None:
             if n in args.sizes:
                 r = measure([sys.executable, "-c", OURS, str(src), str(Path(tmp) / f"ours-{n}")], env)
                 r["rows_per_s"] = round(n / r["wall_s"])
+                r["rows_per_cpu_s"] = round(n / r["cpu_s"])
                 entry["tuneforge"] = r
             if n in args.baseline_sizes:
                 r = measure([sys.executable, "-c", BASELINE, str(src), str(Path(tmp) / f"base-{n}.json")], env)
                 r["rows_per_s"] = round(n / r["wall_s"])
+                r["rows_per_cpu_s"] = round(n / r["cpu_s"])
                 entry["baseline"] = r
                 if "tuneforge" in entry:
                     entry["speedup"] = round(entry["tuneforge"]["rows_per_s"] / r["rows_per_s"], 1)
+            entry["load_avg_1m_after"] = round(os.getloadavg()[0], 2)  # >2 on 2 cores: other work competed
             results.append(entry)
             print(json.dumps(entry), flush=True)
     report = {"benchmark": "data_prepare", "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),

@@ -7,6 +7,8 @@ input order, so the result is the same whatever the number of workers.
 
 from __future__ import annotations
 
+import functools
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -83,6 +85,8 @@ class ChunkProcessor:
         self.hasher = MinHasher(spec.num_perm, spec.shingle_size) if spec.near_dedup else None
         self.bands = lsh_bands(spec.threshold, spec.num_perm) if spec.near_dedup else (0, 0)
         self.decontam = Decontaminator(spec.eval_items, spec.ngram) if spec.eval_items else None
+        # Datasets repeat strings (a shared system prompt, canned replies); scan each once.
+        self._redact = functools.lru_cache(maxsize=4096)(self.pii.redact) if self.pii else None
 
     def run(self, raws: list[RawRow], fmt: str, origin: str) -> ChunkResult:
         from tuneforge.data._dedup import content_key
@@ -148,7 +152,7 @@ class ChunkProcessor:
             counts: dict[str, int] = {}
 
             def redact(s: str) -> str:
-                new, found = self.pii.redact(s)
+                new, found = self._redact(s)
                 for k, v in found.items():
                     counts[k] = counts.get(k, 0) + v
                 return new
@@ -173,6 +177,8 @@ _WORKER: ChunkProcessor | None = None
 
 def init_worker(spec: ProcessSpec) -> None:
     global _WORKER
+    # Each worker already has a core; the tokenizer's own thread pool would only oversubscribe.
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
     _WORKER = ChunkProcessor(spec)
 
 
