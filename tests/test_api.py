@@ -7,7 +7,7 @@ import sys
 import pytest
 
 
-@pytest.mark.parametrize("module", ["tuneforge.data", "tuneforge.models"])
+@pytest.mark.parametrize("module", ["tuneforge.data", "tuneforge.models", "tuneforge.train"])
 def test_all_exports_exist(module: str) -> None:
     mod = importlib.import_module(module)
     assert mod.__all__, f"{module} must declare __all__"

@@ -91,6 +91,24 @@ def data_inspect(
         console.out.print(f"wrote {html}")
 
 
+@app.command("train")
+def train_cmd(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    data: Annotated[Path | None, typer.Option(help="Prepared dataset directory (default: train.data, else the latest prepared).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Adapter directory (default: <workspace>/adapters/<name>-<hash>).")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Preflight and memory estimate only; train nothing.")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue this run from its last checkpoint.")] = False,
+) -> None:
+    """Fine-tune the base model on a prepared dataset (LoRA, loss on assistant turns)."""
+    from tuneforge.train import train
+
+    cfg = _load(config, set_)
+    with console.TrainProgressBar() as bar:
+        result = train(cfg, data=data, out=out, resume=resume, dry_run=dry_run, progress=bar.update)
+    console.train_summary(result)
+
+
 def main() -> None:
     try:
         app()

@@ -157,9 +157,188 @@ class DataConfig(_Section):
     )
 
 
+class LoraConfig(_Section):
+    r: int = Field(
+        16, ge=1,
+        description="Adapter rank. 16 fits most single-task fine-tunes; more adds capacity and memory "
+        "linearly. Must be <= train.max_serving_rank so the adapter can be served (vLLM --max-lora-rank).",
+    )
+    alpha: int = Field(
+        32, ge=1,
+        description="LoRA scaling numerator (the update is scaled by alpha/r). 2*r is the common choice; "
+        "change it together with r to keep the effective step size.",
+    )
+    dropout: float = Field(
+        0.05, ge=0.0, lt=1.0, description="Dropout on the adapter input; 0.05 regularises small datasets."
+    )
+    target_modules: str | list[str] = Field(
+        "all-linear",
+        description="Modules that get adapters: all-linear (every linear projection of the attention and "
+        "MLP blocks, never the output head) or a list of module names such as [q_proj, v_proj].",
+    )
+
+
+class TrainConfig(_Section):
+    name: str | None = Field(
+        None,
+        description="Adapter name; the output directory is <workspace>/adapters/<name>-<short hash>. "
+        "Default: <base model>-<method>-<peft>.",
+    )
+    data: str | None = Field(
+        None,
+        description="A prepared dataset directory (output of `tuneforge data prepare`). Default: the "
+        "workspace's latest prepared dataset. A --data flag wins over this key.",
+    )
+    method: Literal["sft", "dpo", "cpt"] = Field(
+        "sft",
+        description="sft: supervised fine-tuning on chat rows, loss on every assistant turn including its "
+        "end-of-turn token. dpo: direct preference optimisation on preference rows (the frozen base is "
+        "the reference; see train.beta). cpt: continued pre-training on text rows, loss on every token. "
+        "Rows of other kinds are skipped and counted.",
+    )
+    beta: float = Field(
+        0.1, gt=0.0,
+        description="DPO only: how far the policy may move from the reference. 0.1 as in the DPO paper; "
+        "lower values let it drift further.",
+    )
+    peft: Literal["lora", "dora", "qlora", "full", "passthrough"] = Field(
+        "lora",
+        description="lora: low-rank adapters (train.lora). dora: LoRA with weight decomposition (better at "
+        "low rank, ~2x slower; vLLM cannot serve DoRA). qlora: LoRA on a 4-bit base (CUDA + bitsandbytes "
+        "only). full: every weight is trained (memory ~16 bytes/parameter). passthrough: train.peft_config "
+        "is handed to PEFT unchanged.",
+    )
+    lora: LoraConfig = Field(
+        default_factory=LoraConfig,
+        description="Adapter shape for peft=lora, dora and qlora (ignored by full and passthrough).",
+    )
+    peft_config: dict[str, Any] | None = Field(
+        None,
+        description="With peft=passthrough: keyword arguments of a PEFT config class, selected by its "
+        "peft_type (e.g. {peft_type: IA3, target_modules: [k_proj, v_proj, down_proj], "
+        "feedforward_modules: [down_proj]}). task_type defaults to CAUSAL_LM.",
+    )
+    max_serving_rank: int = Field(
+        64, ge=1,
+        description="Highest adapter rank the serving engine accepts (vLLM --max-lora-rank). Checked "
+        "before training so an adapter that cannot be served is never trained.",
+    )
+    epochs: int = Field(
+        1, ge=1, description="Passes over the training split. Ignored when max_steps is set."
+    )
+    max_steps: int | None = Field(
+        None, ge=1, description="Optimizer steps to run; overrides epochs (useful for smoke runs)."
+    )
+    seed: int = Field(
+        0,
+        description="Seeds adapter initialisation, data order and dropout. Same seed + same data + same "
+        "config gives the same adapter on the same hardware.",
+    )
+    lr: float = Field(
+        2e-4, gt=0.0,
+        description="Peak learning rate. 2e-4 suits LoRA; full fine-tuning usually wants ~1e-5.",
+    )
+    batch_size: int = Field(
+        4, ge=1,
+        description="Micro-batch: sequences per forward pass (per device). Memory grows linearly with it; "
+        "the effective batch is batch_size * grad_accum * devices.",
+    )
+    grad_accum: int = Field(
+        1, ge=1,
+        description="Micro-batches accumulated per optimizer step. Raises the effective batch without the "
+        "memory; loss is normalised by trained tokens across the accumulation.",
+    )
+    max_seq_len: int = Field(
+        2048, ge=8,
+        description="Longest training sequence in tokens. A row longer than this is a preflight error (never "
+        "truncated, which would cut the answer); keep data.max_tokens <= this.",
+    )
+    warmup_ratio: float = Field(
+        0.03, ge=0.0, lt=1.0,
+        description="Share of the optimizer steps spent ramping the learning rate up from 0.",
+    )
+    scheduler: Literal["cosine", "linear", "constant"] = Field(
+        "cosine", description="Learning-rate decay after warmup."
+    )
+    weight_decay: float = Field(
+        0.0, ge=0.0, description="AdamW weight decay. 0 is usual for LoRA; 0.01-0.1 for full fine-tuning."
+    )
+    gradient_checkpointing: bool = Field(
+        False,
+        description="Recompute activations in the backward pass: ~30% slower, activation memory drops from "
+        "every layer to about one layer. Turn on when the dry-run estimate does not fit.",
+    )
+    precision: Literal["auto", "bf16", "fp32"] = Field(
+        "auto",
+        description="Compute precision. auto: bf16 autocast where supported (CPUs, Ampere+ GPUs), else fp32. "
+        "Trainable weights and optimizer state stay fp32 either way.",
+    )
+    packing: bool = Field(
+        True,
+        description="Pack examples to cut padding. Padding-free packing (examples concatenated, positions "
+        "restarting per example, no attention across examples) is used with a flash-attention varlen "
+        "kernel; with sdpa/eager attention (CPU) it needs a quadratic mask over the whole micro-batch, so "
+        "length-grouped batching is used instead. The choice is recorded in tuneforge.json.",
+    )
+    save_every_steps: int | None = Field(
+        100, ge=1,
+        description="Write a resumable checkpoint every N optimizer steps (atomically; None = only at "
+        "the end). Checkpoints are deleted when the run completes.",
+    )
+    keep_checkpoints: int = Field(
+        3, ge=1, description="Checkpoints kept on disk during a run; older ones are deleted."
+    )
+    eval_every_steps: int | None = Field(
+        None, ge=1,
+        description="Compute val loss every N steps (None = only at the end). Needed by "
+        "early_stopping_patience.",
+    )
+    early_stopping_patience: int | None = Field(
+        None, ge=1,
+        description="Stop after this many evaluations without a val-loss improvement (None = off). "
+        "Requires eval_every_steps.",
+    )
+    report_to: list[str] = Field(
+        default_factory=list,
+        description="Trackers for metrics, as transformers' report_to: mlflow, tensorboard, wandb. Each "
+        "must be installed. Empty: none.",
+    )
+    price_per_device_hour: dict[str, float] = Field(
+        default_factory=lambda: {"cpu": 0.0},
+        description="Price of one device-hour by accelerator kind (cpu, or a substring of the GPU name "
+        "such as h100), used to report the cost of a run.",
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrainConfig:
+        problems = []
+        if self.peft in ("lora", "dora", "qlora") and self.lora.r > self.max_serving_rank:
+            problems.append(
+                f"train.lora.r={self.lora.r} exceeds train.max_serving_rank={self.max_serving_rank}, so the "
+                "adapter could not be served; lower train.lora.r or raise train.max_serving_rank to match "
+                "the server's --max-lora-rank"
+            )
+        if self.peft == "passthrough" and not self.peft_config:
+            problems.append("train.peft=passthrough needs train.peft_config (a PEFT config with peft_type)")
+        if self.peft_config and self.peft != "passthrough":
+            problems.append(f"train.peft_config is only used with train.peft=passthrough (got {self.peft})")
+        if self.peft_config:
+            rank = self.peft_config.get("r")
+            if isinstance(rank, int) and rank > self.max_serving_rank:
+                problems.append(
+                    f"train.peft_config.r={rank} exceeds train.max_serving_rank={self.max_serving_rank}"
+                )
+        if self.early_stopping_patience is not None and self.eval_every_steps is None:
+            problems.append("train.early_stopping_patience needs train.eval_every_steps")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+
 class TuneforgeConfig(_Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
 
 
 # ---------------------------------------------------------------------------------------------

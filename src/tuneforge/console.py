@@ -20,6 +20,7 @@ from rich.text import Text
 if TYPE_CHECKING:
     from tuneforge.data import Inspection, PreparedDataset
     from tuneforge.models import ModelEntry
+    from tuneforge.train import TrainProgress, TrainResult
 
 out = Console()
 err = Console(stderr=True)
@@ -136,3 +137,96 @@ def inspection(ins: Inspection) -> None:
                 pos = b
             text.append(r.text[pos:])
             out.print(text)
+
+
+class TrainProgressBar:
+    """Training progress from the library's TrainProgress events: step, loss, tokens/s and ETA."""
+
+    def __init__(self) -> None:
+        self._progress = Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[rate]} tok/s"),
+            TextColumn("ETA {task.fields[eta]}"), console=err, transient=True,
+        )
+        self._task = self._progress.add_task("training", total=None, loss="-", rate="-", eta="-")
+        self._started = False
+
+    def __enter__(self) -> TrainProgressBar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._started:
+            self._progress.stop()
+
+    def update(self, event: TrainProgress) -> None:
+        if not self._started:
+            self._progress.start()
+            self._started = True
+        if event.note:
+            self._progress.console.print(f"[yellow]{escape(event.note)}[/yellow]")
+        fields: dict[str, Any] = {"description": event.phase}
+        if event.phase == "training":
+            fields.update(completed=event.step, total=event.total_steps or None)
+            if event.loss is not None:
+                fields["loss"] = f"{event.loss:.4f}"
+            if event.tokens_per_s is not None:
+                fields["rate"] = f"{event.tokens_per_s:,.0f}"
+            if event.eta_s is not None:
+                fields["eta"] = _duration(event.eta_s)
+        self._progress.update(self._task, **fields)
+
+
+def _duration(seconds: float) -> str:
+    s = int(seconds)
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+def _gib(v: float) -> str:
+    return f"{v:,.2f} GiB" if v >= 1 else f"{v * 1024:,.1f} MiB"
+
+
+def train_summary(result: TrainResult) -> None:
+    pre = result.preflight
+    if result.dry_run:
+        out.print(_kv_table("preflight", [
+            ("method / peft", f"{pre.method} / {pre.peft}"), ("precision", pre.precision),
+            ("packing", pre.packing), ("train rows", pre.rows["train"]), ("val rows", pre.rows["val"]),
+            ("skipped rows", sum(pre.skipped.values())), ("train tokens / epoch", pre.tokens),
+            ("trained tokens", pre.trained_tokens), ("longest row", pre.longest), ("optimizer steps", pre.steps),
+        ]))
+        e = pre.estimate
+        out.print(_kv_table(f"memory estimate ({e.device}, ±50%)", [
+            ("parameters", e.params), ("trainable", e.trainable_params),
+            ("tokens per micro-batch", e.tokens_per_micro_batch), ("weights", _gib(e.weights_gib)),
+            ("gradients", _gib(e.gradients_gib)), ("optimizer", _gib(e.optimizer_gib)),
+            ("activations", _gib(e.activations_gib)), ("total", _gib(e.total_gib)),
+            ("available", _gib(e.available_gib) if e.available_gib is not None else "?"),
+        ]))
+        for i, segs in enumerate(pre.samples):
+            out.print(f"[dim]── sample {i + 1} (trained tokens in «green»)[/dim]")
+            text = Text()
+            for piece, trained in segs:
+                text.append(f"«{piece}»" if trained else piece, style="bold green" if trained else None)
+            out.print(text)
+        out.print(f"packing: {pre.packing} ({escape(pre.packing_reason)})")
+    for note in pre.notes:
+        out.print(f"[yellow]note[/yellow]: {escape(note)}")
+    if result.dry_run:
+        out.print(f"[green]dry run ok[/green]: would write {result.path}")
+        return
+    m = result.metrics
+    if result.reused:
+        out.print(f"[yellow]unchanged[/yellow]: an identical run already finished; nothing to do. Adapter at {result.path}")
+    rows = [("train loss (first → last)", f"{m.get('train_loss_first') or 0:.4f} → {m.get('train_loss') or 0:.4f}"),
+            ("val loss", f"{m['val_loss']:.4f}" if m.get("val_loss") is not None else "-"),
+            ("steps", m.get("steps")), ("tokens/s", m.get("tokens_per_s")),
+            ("runtime", _duration(m.get("train_runtime_s") or 0)), ("device", m.get("device")),
+            ("cost", m.get("cost") if m.get("cost") is not None else "-")]
+    if result.resumed_from_step is not None:
+        rows.append(("resumed from step", result.resumed_from_step))
+    out.print(_kv_table("training", rows))
+    serving = result.meta.get("serving", {})
+    if serving and not serving.get("vllm_lora"):
+        out.print(f"[yellow]note[/yellow]: {escape(serving.get('reason', ''))}")
+    if not result.reused:
+        out.print(f"[green]trained[/green] {result.name} → {result.path}")

@@ -42,3 +42,11 @@ class ModelError(TuneforgeError):
 
 class DataError(TuneforgeError):
     """Input data cannot be read or nothing usable is left after preparation."""
+
+
+class TrainError(TuneforgeError):
+    """Training cannot start (preflight, method, hardware) or stopped without a usable result."""
+
+
+class TrainInterrupted(TrainError):
+    """Training was interrupted (Ctrl-C); a checkpoint was saved and `--resume` continues from it."""

@@ -30,6 +30,16 @@ class Workspace:
         """Prepared datasets, one directory per content fingerprint."""
         return self.root / "datasets"
 
+    @property
+    def adapters_dir(self) -> Path:
+        """Trained adapters (or full models), one directory per name and content hash."""
+        return self.root / "adapters"
+
+    @property
+    def runs_dir(self) -> Path:
+        """In-progress training runs: resumable checkpoints, keyed like the adapter they produce."""
+        return self.root / "runs"
+
     def ensure(self, path: Path) -> Path:
         path.mkdir(parents=True, exist_ok=True)
         return path

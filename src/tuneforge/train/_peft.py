@@ -1,0 +1,202 @@
+"""Which weights train: PEFT configs for LoRA / DoRA / QLoRA / passthrough, hardware checks, loading.
+
+Everything here maps `train.*` keys onto PEFT's and transformers' own classes; nothing re-implements
+an adapter.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from tuneforge.errors import ModelError, TrainError
+
+if TYPE_CHECKING:
+    from tuneforge.config import TrainConfig
+    from tuneforge.models import ResolvedModel
+
+# Attention kernels with variable-length (cu_seqlens) support: padding-free packing costs nothing
+# extra with them. sdpa/eager build a dense mask over the whole packed row instead.
+VARLEN_ATTENTION = ("flash_attention_2", "flash_attention_3")
+
+
+def cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def precision(tcfg: TrainConfig) -> str:
+    """bf16 or fp32: the autocast dtype of the run."""
+    import torch
+
+    if tcfg.precision != "auto":
+        return tcfg.precision
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16"  # CPU autocast supports bf16
+
+
+def check_hardware(tcfg: TrainConfig) -> None:
+    if tcfg.peft != "qlora":
+        return
+    if not cuda_available():
+        raise TrainError(
+            "QLoRA needs a CUDA GPU with bitsandbytes (4-bit weights); this machine has no CUDA device",
+            where="train.peft=qlora",
+            fix="use train.peft=lora here (same adapter format, base kept in bf16), or run on a CUDA GPU",
+        )
+    import importlib.util
+
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise TrainError(
+            "QLoRA needs the bitsandbytes package, which is not installed",
+            where="train.peft=qlora",
+            fix="pip install bitsandbytes (CUDA only), or use train.peft=lora",
+        )
+
+
+# report_to name -> the package transformers needs for it.
+_TRACKERS = {"mlflow": "mlflow", "tensorboard": "tensorboard", "wandb": "wandb", "trackio": "trackio",
+             "comet_ml": "comet_ml", "clearml": "clearml", "swanlab": "swanlab"}
+
+
+def check_trackers(report_to: list[str]) -> None:
+    import importlib.util
+
+    for name in report_to:
+        package = _TRACKERS.get(name)
+        if package is None:
+            raise TrainError(f"unknown tracker {name!r}", where="train.report_to",
+                             fix=f"use any of: {', '.join(_TRACKERS)}")
+        if importlib.util.find_spec(package) is None:
+            raise TrainError(f"train.report_to names {name}, but the {package} package is not installed",
+                             where="train.report_to", fix=f"pip install {package}, or remove {name} from train.report_to")
+
+
+def build_peft_config(tcfg: TrainConfig) -> Any:
+    """The PEFT config object for ``tcfg``, or None for full fine-tuning."""
+    from peft import LoraConfig as PeftLora
+    from peft import get_peft_config
+
+    if tcfg.peft == "full":
+        return None
+    if tcfg.peft in ("lora", "dora", "qlora"):
+        lo = tcfg.lora
+        config = PeftLora(
+            r=lo.r, lora_alpha=lo.alpha, lora_dropout=lo.dropout, target_modules=lo.target_modules,
+            use_dora=tcfg.peft == "dora", bias="none", task_type="CAUSAL_LM",
+        )
+    else:
+        raw = dict(tcfg.peft_config or {})
+        raw.setdefault("task_type", "CAUSAL_LM")
+        ptype = str(raw.get("peft_type", "")).upper()
+        raw["peft_type"] = ptype
+        try:
+            config = get_peft_config(raw)
+        except KeyError:
+            from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
+
+            raise TrainError(
+                f"unknown PEFT method {ptype or '(none)'!r}",
+                where="train.peft_config.peft_type",
+                fix=f"one of: {', '.join(sorted(str(k) for k in PEFT_TYPE_TO_CONFIG_MAPPING))}",
+            ) from None
+        except (TypeError, ValueError) as exc:
+            raise TrainError(
+                f"PEFT rejected train.peft_config: {exc}",
+                where="train.peft_config",
+                fix="use the keyword arguments of the PEFT config class named by peft_type",
+            ) from None
+    _check_servable(config, tcfg)
+    return config
+
+
+def _check_servable(config: Any, tcfg: TrainConfig) -> None:
+    ranks = [getattr(config, "r", None)] + list((getattr(config, "rank_pattern", None) or {}).values())
+    top = max((r for r in ranks if isinstance(r, int)), default=None)
+    if top is not None and top > tcfg.max_serving_rank:
+        raise TrainError(
+            f"adapter rank {top} exceeds train.max_serving_rank={tcfg.max_serving_rank}, so it could not be served",
+            where="train.peft_config" if tcfg.peft == "passthrough" else "train.lora.r",
+            fix="lower the rank, or raise train.max_serving_rank to the server's --max-lora-rank",
+        )
+    if getattr(config, "modules_to_save", None):
+        raise TrainError(
+            f"modules_to_save={config.modules_to_save} trains full copies of those modules, which vLLM "
+            "rejects when loading the adapter",
+            where="train.peft_config.modules_to_save",
+            fix="remove modules_to_save (target those modules with adapters instead)",
+        )
+
+
+def peft_type(config: Any) -> str:
+    """LORA, IA3, ... (FULL for full fine-tuning)."""
+    if config is None:
+        return "FULL"
+    value = getattr(config, "peft_type", "")
+    return str(getattr(value, "value", value))
+
+
+def serving(tcfg: TrainConfig, config: Any) -> dict[str, Any]:
+    """Whether vLLM's multi-LoRA serving can load the result, with the reason when not."""
+    if config is None:
+        return {"vllm_lora": False, "reason": "full fine-tune: serve it as a base model, not an adapter"}
+    ptype = peft_type(config)
+    if ptype != "LORA":
+        return {"vllm_lora": False, "reason": f"vLLM serves LoRA adapters only, not {ptype}"}
+    if getattr(config, "use_dora", False):
+        return {"vllm_lora": False, "reason": "vLLM does not serve DoRA adapters; merge it into the base"}
+    return {"vllm_lora": True, "reason": ""}
+
+
+def _dtype_for(tcfg: TrainConfig, model_dtype: str, prec: str) -> Any:
+    import torch
+
+    if model_dtype != "auto":
+        return getattr(torch, model_dtype)
+    if tcfg.peft == "full":
+        return torch.float32  # trained weights stay fp32; bf16 autocast does the compute
+    return torch.bfloat16 if prec == "bf16" else torch.float32
+
+
+def attention_kernel() -> str | None:
+    """flash_attention_2 when it can be used here, else None (transformers' default, sdpa)."""
+    import importlib.util
+
+    if cuda_available() and importlib.util.find_spec("flash_attn") is not None:
+        return "flash_attention_2"
+    return None
+
+
+def load_for_training(model: ResolvedModel, tcfg: TrainConfig, model_dtype: str, prec: str) -> Any:
+    """The base model, loaded as the method needs it (4-bit for QLoRA), not yet wrapped by PEFT."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    kwargs: dict[str, Any] = {"dtype": _dtype_for(tcfg, model_dtype, prec)}
+    kernel = attention_kernel()
+    if kernel and kwargs["dtype"] in (torch.bfloat16, torch.float16):
+        kwargs["attn_implementation"] = kernel
+    if tcfg.peft == "qlora":
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16,
+        )
+        kwargs["dtype"] = torch.bfloat16
+    try:
+        loaded = AutoModelForCausalLM.from_pretrained(model.path, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise ModelError(
+            f"cannot load the weights of {model.ref}: {exc}",
+            where=str(model.path),
+            fix="check that the directory holds a complete save_pretrained() output",
+        ) from None
+    if tcfg.peft == "qlora":
+        from peft import prepare_model_for_kbit_training
+
+        loaded = prepare_model_for_kbit_training(
+            loaded, use_gradient_checkpointing=tcfg.gradient_checkpointing
+        )
+    return loaded
