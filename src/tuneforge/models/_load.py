@@ -41,11 +41,16 @@ def pick_dtype(name: str) -> Any:
     return torch.bfloat16
 
 
-def load_model(model: ResolvedModel, dtype: str = "auto") -> Any:
+def load_model(model: ResolvedModel, dtype: Any = "auto", **kwargs: Any) -> Any:
+    """The base model's weights in ``dtype`` (a name, "auto", or a torch dtype).
+
+    ``kwargs`` go to ``from_pretrained`` (quantisation config, attention implementation).
+    """
     from transformers import AutoModelForCausalLM
 
+    torch_dtype = pick_dtype(dtype) if isinstance(dtype, str) else dtype
     try:
-        return AutoModelForCausalLM.from_pretrained(model.path, dtype=pick_dtype(dtype))
+        return AutoModelForCausalLM.from_pretrained(model.path, dtype=torch_dtype, **kwargs)
     except (OSError, ValueError) as exc:
         raise ModelError(
             f"cannot load the weights of {model.ref}: {exc}",

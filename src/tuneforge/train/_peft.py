@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from tuneforge.errors import ModelError, TrainError
+from tuneforge.errors import TrainError
 
 if TYPE_CHECKING:
     from tuneforge.config import TrainConfig
@@ -171,7 +171,8 @@ def attention_kernel() -> str | None:
 def load_for_training(model: ResolvedModel, tcfg: TrainConfig, model_dtype: str, prec: str) -> Any:
     """The base model, loaded as the method needs it (4-bit for QLoRA), not yet wrapped by PEFT."""
     import torch
-    from transformers import AutoModelForCausalLM
+
+    from tuneforge.models import load_model
 
     kwargs: dict[str, Any] = {"dtype": _dtype_for(tcfg, model_dtype, prec)}
     kernel = attention_kernel()
@@ -185,14 +186,7 @@ def load_for_training(model: ResolvedModel, tcfg: TrainConfig, model_dtype: str,
             bnb_4bit_compute_dtype=torch.bfloat16,
         )
         kwargs["dtype"] = torch.bfloat16
-    try:
-        loaded = AutoModelForCausalLM.from_pretrained(model.path, **kwargs)
-    except (OSError, ValueError) as exc:
-        raise ModelError(
-            f"cannot load the weights of {model.ref}: {exc}",
-            where=str(model.path),
-            fix="check that the directory holds a complete save_pretrained() output",
-        ) from None
+    loaded = load_model(model, **kwargs)
     if tcfg.peft == "qlora":
         from peft import prepare_model_for_kbit_training
 
