@@ -23,10 +23,10 @@ from typing import Any
 
 import tuneforge
 from tuneforge.config import DataConfig, TuneforgeConfig
-from tuneforge.data._process import ChunkProcessor, ChunkResult, ProcessSpec, init_worker, run_in_worker
-from tuneforge.data._split import SPLITS, assign_split, mix_rank
+from tuneforge.data._process import ChunkProcessor, ChunkResult, Kept, ProcessSpec, init_worker, run_in_worker
+from tuneforge.data._split import SPLITS, mix_rank
 from tuneforge.data._stats import token_stats
-from tuneforge.data._types import RawRow, Reject, RejectReason, Row
+from tuneforge.data._types import RawRow, Reject, RejectReason
 from tuneforge.errors import DataError
 from tuneforge.workspace import Workspace
 
@@ -294,6 +294,9 @@ def _run(
         shingle_size=dcfg.dedup.shingle_size,
         eval_items=eval_items,
         ngram=dcfg.decontaminate.ngram,
+        split_seed=dcfg.split.seed,
+        split_train=dcfg.split.train,
+        split_val=dcfg.split.val,
     )
     estimates = [_count_rows(s.path) for s in specs]
     total = None if any(e is None for e in estimates) else sum(e or 0 for e in estimates)
@@ -319,36 +322,32 @@ def _run(
         rejected.write(json.dumps({"source": rj.source, "line": rj.line, "reason": rj.reason,
                                    "detail": rj.detail, "row": rj.row}, ensure_ascii=False) + "\n")
 
-    def write_kept(row: Row, n_tokens: int, key: bytes) -> None:
-        split = assign_split(key, dcfg.split.seed, dcfg.split.train, dcfg.split.val)
-        record = {"id": key.hex()[:16], "kind": row.kind, **row.data, "source": row.origin,
-                  "num_tokens": n_tokens, "origin": f"{row.source}:{row.line}"}
-        line = json.dumps(record, ensure_ascii=False, sort_keys=True)
-        writers[split].write(line + "\n")
-        row_hash.update(line.encode())
-        tally.kept[row.origin] += 1
-        tally.split[split] += 1
-        tally.split_tokens[split] += n_tokens
-        tally.kinds[row.kind] += 1
-        lengths.append(n_tokens)
+    def write_kept(k: Kept) -> None:
+        writers[k.split].write(k.record + "\n")
+        row_hash.update(k.record.encode())
+        tally.kept[k.origin] += 1
+        tally.split[k.split] += 1
+        tally.split_tokens[k.split] += k.num_tokens
+        tally.kinds[k.kind] += 1
+        lengths.append(k.num_tokens)
 
     def consume(res: ChunkResult, origin: str) -> None:
         t0 = time.perf_counter()
         for rj in res.rejects:
             reject(rj, origin)
         for i, k in enumerate(res.kept):
-            where = f"{k.row.source}:{k.row.line}"
+            where = f"{k.source}:{k.line}"
             first = seen.get(k.key)
             if first is not None and dcfg.dedup.exact:
-                reject(Reject(k.row.source, k.row.line, RejectReason.EXACT_DUPLICATE,
-                              f"duplicate of {first}", {"kind": k.row.kind, **k.row.data}), origin)
+                reject(Reject(k.source, k.line, RejectReason.EXACT_DUPLICATE, f"duplicate of {first}",
+                              k.content()), origin)
                 continue
             if near is not None and res.signatures is not None and res.band_keys is not None:
                 match = near.add_or_match(where, res.signatures[i], res.band_keys[i])
                 if match is not None:
-                    reject(Reject(k.row.source, k.row.line, RejectReason.NEAR_DUPLICATE,
+                    reject(Reject(k.source, k.line, RejectReason.NEAR_DUPLICATE,
                                   f"near-duplicate of {match} (Jaccard >= {dcfg.dedup.threshold})",
-                                  {"kind": k.row.kind, **k.row.data}), origin)
+                                  k.content()), origin)
                     continue
             seen.setdefault(k.key, where)
             if k.pii:
@@ -357,11 +356,11 @@ def _run(
             if origin == "general":
                 # Held back until the domain total is known; see the mixing step below.
                 offset = general_tmp.tell()
-                general_tmp.write(json.dumps({"row": [k.row.source, k.row.line, k.row.kind, k.row.data],
-                                              "n": k.num_tokens, "key": k.key.hex()}, ensure_ascii=False) + "\n")
+                general_tmp.write(json.dumps([k.source, k.line, k.kind, k.origin, k.num_tokens, k.key.hex(),
+                                              k.split, k.record], ensure_ascii=False) + "\n")
                 general_ranked.append((mix_rank(k.key, dcfg.split.seed), offset, k.num_tokens))
             else:
-                write_kept(k.row, k.num_tokens, k.key)
+                write_kept(k)
         tally.pii.update(res.pii_dropped)
         stage_time["dedup_s"] += time.perf_counter() - t0
 
@@ -407,14 +406,14 @@ def _run(
             line = general_tmp.readline()
             if not line:
                 break
-            rec = json.loads(line)
-            source, lineno, kind, data = rec["row"]
+            source, lineno, kind, origin, n, key, split, record = json.loads(line)
+            k = Kept(source, lineno, kind, origin, n, bytes.fromhex(key), {}, split, record)
             if offset in chosen:
-                write_kept(Row(source, lineno, kind, data, origin="general"), rec["n"], bytes.fromhex(rec["key"]))
+                write_kept(k)
             else:
                 reject(Reject(source, lineno, RejectReason.MIX_SURPLUS,
                               f"not sampled: the mix needs {want} general rows for ratio {ratio}",
-                              {"kind": kind, **data}), "general")
+                              k.content()), "general")
     general_tmp.close()
     (tmp / ".general.jsonl").unlink()
     for w in writers.values():

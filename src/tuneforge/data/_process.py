@@ -8,12 +8,14 @@ input order, so the result is the same whatever the number of workers.
 from __future__ import annotations
 
 import functools
+import json
 import os
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from tuneforge.data._split import assign_split
 from tuneforge.data._types import RawRow, Reject, RejectReason, Row
 
 
@@ -33,14 +35,36 @@ class ProcessSpec:
     shingle_size: int
     eval_items: tuple[tuple[str, str], ...]  # (item id, text) for decontamination
     ngram: int
+    split_seed: int
+    split_train: float
+    split_val: float
 
 
 @dataclass
 class Kept:
-    row: Row
+    """A row that passed the per-row checks, already encoded as its output line.
+
+    Encoding and split assignment happen in the worker (both depend only on the row), so the
+    parent, which every row funnels through, only deduplicates and writes.
+    """
+
+    source: str
+    line: int
+    kind: str
+    origin: str
     num_tokens: int
     key: bytes  # exact-dedup key of the normalised content
     pii: dict[str, int]  # findings per entity type (redacted or flagged)
+    split: str
+    record: str  # the JSONL line written to <split>.jsonl
+
+    def content(self) -> dict[str, Any]:
+        """The normalised row as rejected.jsonl stores it: its kind and fields."""
+        rec = json.loads(self.record)
+        return {k: rec[k] for k in ("kind", *_FIELDS) if k in rec}
+
+
+_FIELDS = ("messages", "prompt", "chosen", "rejected", "text")
 
 
 @dataclass
@@ -136,7 +160,14 @@ class ChunkProcessor:
                     self._reject(row, RejectReason.TOO_MANY_TOKENS, f"{n} tokens > data.max_tokens={self.spec.max_tokens}")
                 )
                 continue
-            out.kept.append(Kept(row, n, content_key(row_text(row)), found))
+            key = content_key(row_text(row))
+            record = {"id": key.hex()[:16], "kind": row.kind, **row.data, "source": row.origin,
+                      "num_tokens": n, "origin": f"{row.source}:{row.line}"}
+            out.kept.append(Kept(
+                row.source, row.line, row.kind, row.origin, n, key, found,
+                assign_split(key, self.spec.split_seed, self.spec.split_train, self.spec.split_val),
+                json.dumps(record, ensure_ascii=False, sort_keys=True),
+            ))
             dedup_texts.append(body_text(row))
         if self.hasher is not None and dedup_texts:
             from tuneforge.data._dedup import band_keys
