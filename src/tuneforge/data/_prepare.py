@@ -28,6 +28,7 @@ from tuneforge.data._split import SPLITS, mix_rank
 from tuneforge.data._stats import token_stats
 from tuneforge.data._types import RawRow, Reject, RejectReason
 from tuneforge.errors import DataError
+from tuneforge.models._hashing import sha256_file
 from tuneforge.workspace import Workspace
 
 # Bump when a change to this stage changes its output for the same input.
@@ -76,6 +77,7 @@ class _Input:
     format: str
     origin: str  # "domain" or "general"
     sha256: str = ""
+    newlines: int = 0  # for the progress bar's row estimate (JSONL, CSV)
 
 
 @dataclass
@@ -112,19 +114,17 @@ def prepare(
     contract = load_contract(model, tokenizer)
 
     for spec in specs:
-        spec.sha256 = _file_sha256(spec.path)
+        spec.sha256, spec.newlines = _hash_and_count_lines(spec.path)
     eval_files = [Path(p) for p in dcfg.decontaminate.eval_sets]
     for p in eval_files:
         if not p.is_file():
             raise DataError(f"eval set {p} does not exist", where="data.decontaminate.eval_sets",
                             fix="fix the path or remove it from the list")
-    config_json = json.dumps(dcfg.model_dump(mode="json", exclude={"inputs", "workers", "chunk_size"}),
-                             sort_keys=True)
     input_key = _sha256_json({
         "version": PIPELINE_VERSION,
         "inputs": [(str(s.path), s.format, s.origin, s.sha256) for s in specs],
-        "eval_sets": [_file_sha256(p) for p in eval_files],
-        "config": config_json,
+        "eval_sets": [sha256_file(p) for p in eval_files],
+        "config": _output_config(dcfg),
         "tokenizer": contract.tokenizer_sha256,
         "template": contract.chat_template_sha256,
     })
@@ -186,12 +186,20 @@ def _input_specs(dcfg: DataConfig, inputs: list[str] | None) -> list[_Input]:
     return specs
 
 
-def _file_sha256(path: Path) -> str:
+def _hash_and_count_lines(path: Path) -> tuple[str, int]:
+    """sha256 and newline count of a file in one read (the hash keys the cache, the count the ETA)."""
     h = hashlib.sha256()
+    lines = 0
     with path.open("rb") as f:
-        while block := f.read(1 << 20):
+        while block := f.read(1 << 22):
             h.update(block)
-    return h.hexdigest()
+            lines += block.count(b"\n")
+    return h.hexdigest(), lines
+
+
+def _output_config(dcfg: DataConfig) -> dict[str, Any]:
+    """The data settings that change the output (not where inputs come from, nor parallelism)."""
+    return dcfg.model_dump(mode="json", exclude={"inputs", "workers", "chunk_size"})
 
 
 def _sha256_json(obj: Any) -> str:
@@ -234,19 +242,15 @@ def _remember(ws: Workspace, input_key: str, path: Path, *, indexed: bool) -> No
     (ws.datasets_dir / "latest").write_text(str(path) + "\n")
 
 
-def _count_rows(path: Path) -> int | None:
+def _count_rows(spec: _Input) -> int | None:
     """A cheap row-count estimate for the progress bar's ETA."""
-    suffix = path.suffix.lower()
+    suffix = spec.path.suffix.lower()
     if suffix == ".parquet":
         import pyarrow.parquet as pq
 
-        return pq.ParquetFile(path).metadata.num_rows
+        return pq.ParquetFile(spec.path).metadata.num_rows
     if suffix in (".jsonl", ".ndjson", ".csv"):
-        n = 0
-        with path.open("rb") as f:
-            while block := f.read(1 << 22):
-                n += block.count(b"\n")
-        return n
+        return spec.newlines
     return None
 
 
@@ -298,7 +302,7 @@ def _run(
         split_train=dcfg.split.train,
         split_val=dcfg.split.val,
     )
-    estimates = [_count_rows(s.path) for s in specs]
+    estimates = [_count_rows(s) for s in specs]
     total = None if any(e is None for e in estimates) else sum(e or 0 for e in estimates)
     workers = dcfg.workers or (os.cpu_count() or 1)
     if not dcfg.workers and total is not None and total < PARALLEL_MIN_ROWS:
@@ -429,7 +433,7 @@ def _run(
         "rows": row_hash.hexdigest(),
         "tokenizer": contract.tokenizer_sha256,
         "template": contract.chat_template_sha256,
-        "config": json.loads(json.dumps(dcfg.model_dump(mode="json", exclude={"inputs", "workers", "chunk_size"}))),
+        "config": _output_config(dcfg),
         "version": PIPELINE_VERSION,
     })
     return {
@@ -456,13 +460,9 @@ def _run(
         },
         "pii": {"mode": dcfg.pii.mode, "rows_with_findings": tally.pii_rows, "findings": dict(tally.pii.most_common())},
         "tokens": {"stats": token_stats(lengths).to_dict(), "by_split": {s: tally.split_tokens[s] for s in SPLITS}},
-        "config": json.loads(config_json_of(cfg)),
+        "config": {"model": cfg.model.model_dump(mode="json"), "data": dcfg.model_dump(mode="json")},
         "timings": {"workers": workers, **{k: round(v, 2) for k, v in stage_time.items()}},
     }
-
-
-def config_json_of(cfg: TuneforgeConfig) -> str:
-    return json.dumps({"model": cfg.model.model_dump(mode="json"), "data": cfg.data.model_dump(mode="json")})
 
 
 # The order in which reasons are checked; the funnel shows the rows left after each stage.
