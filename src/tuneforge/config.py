@@ -335,10 +335,21 @@ class TrainConfig(_Section):
         return self
 
 
+class TrackingConfig(_Section):
+    uri: str | None = Field(
+        None,
+        description="MLflow tracking URI (e.g. http://mlflow:5000). Unset: $MLFLOW_TRACKING_URI, else an "
+        "embedded SQLite store in the workspace (<workspace>/mlflow.db, artifacts in <workspace>/mlartifacts).",
+    )
+    experiment: str = Field("tuneforge", description="MLflow experiment that training runs are logged to.")
+    enabled: bool = Field(True, description="Log training runs to MLflow. false: no tracking at all.")
+
+
 class TuneforgeConfig(_Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -40,6 +40,16 @@ class Workspace:
         """In-progress training runs: resumable checkpoints, keyed like the adapter they produce."""
         return self.root / "runs"
 
+    @property
+    def mlflow_db(self) -> Path:
+        """The embedded MLflow store (runs, params, metrics, registered models) when no server is set."""
+        return self.root / "mlflow.db"
+
+    @property
+    def mlflow_artifacts(self) -> Path:
+        """Artifacts of the embedded MLflow store (logged adapters, eval reports)."""
+        return self.root / "mlartifacts"
+
     def ensure(self, path: Path) -> Path:
         path.mkdir(parents=True, exist_ok=True)
         return path

@@ -60,8 +60,12 @@ def train(
     dry_run: bool = False,
     workspace: Workspace | None = None,
     progress: ProgressFn | None = None,
+    callbacks: list[Any] | None = None,
 ) -> TrainResult:
-    """Fine-tune ``cfg.model.base`` on a prepared dataset; see the module docstring for errors."""
+    """Fine-tune ``cfg.model.base`` on a prepared dataset; see the module docstring for errors.
+
+    ``callbacks`` are extra transformers ``TrainerCallback``s (e.g. a tuning trial's pruner).
+    """
     from tuneforge.models import load_contract, load_tokenizer, resolve_model
 
     ws = workspace or Workspace.from_env()
@@ -123,7 +127,7 @@ def train(
     model = methods.load_for_training(model_ref, tcfg, cfg.model.dtype, prec)
     started = time.time()
     trainer, output, val_loss = _fit(model, tokenizer, peft_config, tcfg, train_set, val_set, run, checkpoint,
-                                     packing, prec, progress)
+                                     packing, prec, progress, list(callbacks or []))
     step = trainer.state.global_step
     metrics = _metrics(trainer, output, val_loss, started, estimate.device, tcfg.price_per_device_hour)
     metrics["stopped_early"] = step < trainer.state.max_steps
@@ -177,7 +181,7 @@ class _Split:
 
 def _fit(model: Any, tokenizer: Any, peft_config: Any, tcfg: Any, train_set: _Split, val_set: _Split,
          run: RunDirs, checkpoint: Path | None, packing: str, prec: str,
-         progress: ProgressFn | None) -> tuple[Any, Any, float | None]:
+         progress: ProgressFn | None, extra_callbacks: list[Any]) -> tuple[Any, Any, float | None]:
     """Build the TRL trainer, train (resuming from ``checkpoint``), evaluate: (trainer, output, val loss)."""
     from transformers import EarlyStoppingCallback, set_seed
 
@@ -185,7 +189,7 @@ def _fit(model: Any, tokenizer: Any, peft_config: Any, tcfg: Any, train_set: _Sp
 
     shutil.rmtree(run.staging, ignore_errors=True)
     guard = Guard()
-    callbacks: list[Any] = [guard, Reporter(progress)]
+    callbacks: list[Any] = [guard, Reporter(progress), *extra_callbacks]
     if tcfg.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=tcfg.early_stopping_patience))
     cuda = methods.cuda_available()

@@ -1,0 +1,1 @@
+"""Serving: an OpenAI-compatible gateway over one base model and many adapter versions."""
