@@ -178,6 +178,39 @@ class LoraConfig(_Section):
     )
 
 
+class DistributedConfig(_Section):
+    strategy: Literal["ddp", "fsdp"] = Field(
+        "ddp",
+        description="How a multi-process run (tuneforge train --launcher torchrun|accelerate --nproc N) splits "
+        "the work. ddp: every process holds the whole model and trains on its share of each batch "
+        "(CPU with gloo, or CUDA with nccl). fsdp: weights, gradients and optimizer state are sharded "
+        "over the GPUs (transformers' FSDP2; CUDA only). Ignored in a single process.",
+    )
+    fsdp_sharding: Literal["full_shard", "shard_grad_op", "hybrid_shard", "no_shard"] = Field(
+        "full_shard",
+        description="FSDP only: full_shard shards everything (least memory); shard_grad_op keeps weights "
+        "gathered after the forward (faster, more memory); hybrid_shard shards within a node and "
+        "replicates across nodes. Decoder layers are wrapped automatically.",
+    )
+    fsdp_offload: bool = Field(False, description="FSDP only: keep sharded parameters in CPU memory.")
+    fsdp_config: dict[str, Any] = Field(
+        default_factory=dict,
+        description="FSDP only: extra keys passed unchanged to transformers' fsdp_config (e.g. "
+        "{activation_checkpointing: true, cpu_ram_efficient_loading: true}); version defaults to 2.",
+    )
+    find_unused_parameters: bool = Field(
+        False,
+        description="DDP only: search for parameters without a gradient every step. LoRA on all linear "
+        "layers uses every adapter weight, so off; turn on if DDP reports unused parameters.",
+    )
+    backend: Literal["auto", "nccl", "gloo"] = Field(
+        "auto", description="Process-group backend. auto: nccl on CUDA, gloo on CPU."
+    )
+    timeout_s: int = Field(
+        1800, ge=1, description="Seconds a collective may wait for a slow rank before the run fails."
+    )
+
+
 class TrainConfig(_Section):
     name: str | None = Field(
         None,
@@ -300,13 +333,22 @@ class TrainConfig(_Section):
     )
     report_to: list[str] = Field(
         default_factory=list,
-        description="Trackers for metrics, as transformers' report_to: mlflow, tensorboard, wandb. Each "
-        "must be installed. Empty: none.",
+        description="Extra trackers for metrics, as transformers' report_to: tensorboard, wandb. Each "
+        "must be installed. Empty: none. MLflow is built in (see tracking.enabled), so mlflow is refused here.",
+    )
+    oom_retries: int = Field(
+        3, ge=0,
+        description="On CUDA out-of-memory, halve batch_size and double grad_accum (same effective batch) "
+        "and retry from the last checkpoint, at most this many times. 0: fail at the first OOM.",
     )
     price_per_device_hour: dict[str, float] = Field(
         default_factory=lambda: {"cpu": 0.0},
         description="Price of one device-hour by accelerator kind (cpu, or a substring of the GPU name "
         "such as h100), used to report the cost of a run.",
+    )
+    distributed: DistributedConfig = Field(
+        default_factory=DistributedConfig,
+        description="Multi-process training (DDP or FSDP) when started with --launcher torchrun|accelerate.",
     )
 
     @model_validator(mode="after")
@@ -330,6 +372,9 @@ class TrainConfig(_Section):
                 )
         if self.early_stopping_patience is not None and self.eval_every_steps is None:
             problems.append("train.early_stopping_patience needs train.eval_every_steps")
+        if "mlflow" in self.report_to:
+            problems.append("train.report_to=mlflow: MLflow tracking is built in; remove mlflow from "
+                            "train.report_to and keep tracking.enabled=true (the default)")
         if problems:
             raise ValueError("; ".join(problems))
         return self
@@ -345,11 +390,334 @@ class TrackingConfig(_Section):
     enabled: bool = Field(True, description="Log training runs to MLflow. false: no tracking at all.")
 
 
+class ServeKeyConfig(_Section):
+    id: str = Field(description="Name of the key; the request log records it instead of the key.")
+    sha256: str = Field(
+        description="sha256 hex digest of the key (`tuneforge serve hash-key` prints one); the key itself "
+        "is never stored.",
+        pattern=r"^[0-9a-f]{64}$",
+    )
+    scopes: list[Literal["inference", "admin"]] = Field(
+        default_factory=lambda: ["inference"],
+        description="inference: the /v1 endpoints; admin: also the /admin endpoints (traffic policies).",
+    )
+    requests_per_minute: int | None = Field(None, ge=1, description="Per-key request limit (None = none).")
+    tokens_per_minute: int | None = Field(
+        None, ge=1, description="Per-key limit on prompt + completion tokens (None = none)."
+    )
+
+
+class ServeRouteConfig(_Section):
+    weights: dict[str, float] = Field(
+        default_factory=lambda: {"production": 100.0},
+        description="Traffic split of requests for the bare model NAME over its aliases or versions, "
+        "e.g. {production: 90, canary: 10} (weights are normalised).",
+    )
+    shadow: dict[str, float] = Field(
+        default_factory=dict,
+        description="Percent of traffic mirrored to a candidate (alias or version); the mirrored "
+        "response is discarded and both are logged, e.g. {candidate: 5}.",
+    )
+    sticky: bool = Field(
+        True,
+        description="Assign by consistent hashing of the request's user field (or x-tuneforge-user "
+        "header) so a user keeps their variant while weights change slightly.",
+    )
+
+
+class ServeLogConfig(_Section):
+    enabled: bool = Field(True, description="Record every request in <workspace>/serve/requests.db.")
+    max_rows: int = Field(
+        100_000, ge=10, description="Rows kept; the oldest are deleted beyond this (rotating log)."
+    )
+    store_text: bool = Field(True, description="Store prompts and responses (false: metadata only).")
+    redact_pii: bool = Field(
+        False, description="Redact PII (data.pii entities) from stored prompts and responses."
+    )
+
+
+class ServeConfig(_Section):
+    host: str = Field("127.0.0.1", description="Bind address. With auth off it is forced to 127.0.0.1.")
+    port: int = Field(8000, ge=0, le=65535, description="Port (0 = any free port).")
+    engine: Literal["local", "vllm"] = Field(
+        "local", description="local: transformers + PEFT in-process (CPU or GPU); vllm: a vLLM engine."
+    )
+    models: list[str] = Field(
+        default_factory=list,
+        description="Registered model names to serve. Empty: every registered model.",
+    )
+    adapters: dict[str, str] = Field(
+        default_factory=dict,
+        description="Extra adapter directories served without the registry: NAME -> path "
+        "(served as NAME@1).",
+    )
+    auth: bool = Field(
+        True,
+        description="Require an API key (Authorization: Bearer). Keys: serve.keys, $TUNEFORGE_API_KEY "
+        "(inference) and $TUNEFORGE_ADMIN_KEY (admin).",
+    )
+    keys: list[ServeKeyConfig] = Field(default_factory=list, description="API keys, stored hashed.")
+    requests_per_minute: int | None = Field(
+        None, ge=1, description="Default per-key request limit for keys without their own."
+    )
+    tokens_per_minute: int | None = Field(
+        None, ge=1, description="Default per-key token limit for keys without their own."
+    )
+    routes: dict[str, ServeRouteConfig] = Field(
+        default_factory=dict,
+        description="Traffic policy per registered model. Default: the production alias, else the "
+        "latest version. `tuneforge serve route` changes it at runtime and persists it.",
+    )
+    max_concurrent_requests: int = Field(
+        64, ge=1, description="Requests in flight at once; more are refused with 503 (overloaded)."
+    )
+    max_batch: int = Field(
+        32, ge=1, description="local engine: sequences decoded together in one step (continuous batching)."
+    )
+    max_loaded_adapters: int = Field(
+        8, ge=1, description="local engine: adapters resident at once; the least recently used idle one is "
+        "unloaded to make room.",
+    )
+    registry_poll_s: float = Field(
+        5.0, gt=0, description="How often registry aliases are re-read, so alias moves need no restart."
+    )
+    shutdown_timeout_s: float = Field(
+        30.0, ge=0, description="On shutdown, how long in-flight requests may take to finish."
+    )
+    price_per_1k_prompt_tokens: float = Field(
+        0.0, ge=0, description="Price used for the request log's estimated cost."
+    )
+    price_per_1k_completion_tokens: float = Field(
+        0.0, ge=0, description="Price used for the request log's estimated cost."
+    )
+    request_log: ServeLogConfig = Field(default_factory=ServeLogConfig)
+
+
+class EvalSuiteSpec(_Section):
+    # `schema` is a BaseModel attribute, so the field is stored as schema_path under the alias `schema`.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
+
+    name: str = Field(description="Suite name used in reports and gates (suite.metric).")
+    path: str = Field(
+        description="A JSONL golden set (messages or prompt, expected, optional category/format/schema), a "
+        "chat JSONL whose last assistant turn is the reference, or a prepared dataset directory (its "
+        "test split is used).",
+    )
+    schema_path: str | None = Field(
+        None, alias="schema",
+        description="JSON Schema file for the expected answers (items may name their own with `schema`).",
+    )
+    kind: Literal["golden", "general"] = Field(
+        "golden",
+        description="golden: task metrics on the expected answers. general: the forgetting check; the base "
+        "model's answers are generated once, stored, and the candidate's similarity to them is compared "
+        "with the base's.",
+    )
+
+
+class JudgeConfig(_Section):
+    url: str | None = Field(
+        None,
+        description="Base URL of an OpenAI-compatible API (e.g. http://127.0.0.1:8000/v1); "
+        "{url}/chat/completions is called. Unset: judge metrics are skipped and the report says so.",
+    )
+    model: str | None = Field(None, description="Judge model name sent in each request.")
+    api_key_env: str | None = Field(
+        "TUNEFORGE_JUDGE_API_KEY",
+        description="Environment variable holding the judge API key (sent as a Bearer token when set).",
+    )
+    max_items: int | None = Field(
+        50, ge=1, description="Items of the primary suite sent to the judge (None = all); bounds cost.",
+    )
+    timeout_s: float = Field(60.0, gt=0, description="Per-request timeout.")
+
+
+class EvalConfig(_Section):
+    suites: list[EvalSuiteSpec] = Field(
+        default_factory=list,
+        description="Evaluation suites; --suite selects some by name or adds a path. The first golden "
+        "suite is the primary one that unqualified gate metrics refer to.",
+    )
+    baselines: list[str] = Field(
+        default_factory=list,
+        description="Models compared with the candidate (base refs, adapter dirs, name@version); "
+        "--baseline adds to these. The first is the `baseline` of gates and the judge's opponent.",
+    )
+    max_new_tokens: int = Field(128, ge=1, description="Generation length limit per answer.")
+    batch_size: int = Field(16, ge=1, description="Prompts generated together (left-padded, greedy).")
+    seed: int = Field(0, description="Seed for generation and the bootstrap, so reruns match.")
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
+        "auto",
+        description="Weights dtype for evaluation. auto: bf16 where supported (CPUs, Ampere+ GPUs; ~2x faster "
+        "than fp32 on CPU), else fp32. Part of the cache key, so changing it regenerates answers.",
+    )
+    bootstrap_resamples: int = Field(1000, ge=100, description="Bootstrap resamples for every CI.")
+    json_fields: list[str] | None = Field(
+        None,
+        description="Fields of JSON answers counted by field_accuracy (None = every field of the "
+        "expected object); free-text fields such as a summary are better left to rouge_l.",
+    )
+    gates: list[str] = Field(
+        default_factory=list,
+        description="Checks like 'json_valid >= 0.95', 'field_accuracy >= baseline + 0.20', "
+        "'forgetting_similarity_drop <= 0.05', 'judge_win_rate >= 0.5'. Any failure: exit code 1.",
+    )
+    judge: JudgeConfig = Field(default_factory=JudgeConfig)
+    samples: int = Field(5, ge=0, description="Side-by-side samples (candidate vs baseline differ) in eval.html.")
+    cache: bool = Field(True, description="Reuse generations cached by (model, suite, generation config).")
+
+
+class TuneRange(_Section):
+    low: float = Field(description="Smallest value a trial may sample (inclusive).")
+    high: float = Field(description="Largest value a trial may sample (inclusive).")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> TuneRange:
+        if self.low > self.high:
+            raise ValueError(f"low ({self.low:g}) must be <= high ({self.high:g})")
+        return self
+
+
+class TuneSpace(_Section):
+    lr: TuneRange | None = Field(
+        default_factory=lambda: TuneRange(low=1e-5, high=1e-3),
+        description="train.lr, sampled log-uniformly between low and high (null: keep train.lr).",
+    )
+    lora_r: list[int] | None = Field(
+        default_factory=lambda: [8, 16, 32],
+        description="train.lora.r choices (null: keep train.lora.r). Each must be <= train.max_serving_rank.",
+    )
+    lora_alpha: list[int] | None = Field(
+        None, description="train.lora.alpha choices; exclusive with alpha_ratio (null: see alpha_ratio)."
+    )
+    alpha_ratio: list[float] | None = Field(
+        default_factory=lambda: [2.0],
+        description="alpha = ratio * r choices, so the update scale alpha/r is what is searched "
+        "(null, and lora_alpha null: keep train.lora.alpha).",
+    )
+    dropout: TuneRange | None = Field(
+        default_factory=lambda: TuneRange(low=0.0, high=0.1),
+        description="train.lora.dropout, sampled uniformly (null: keep train.lora.dropout).",
+    )
+    epochs: TuneRange | None = Field(
+        default_factory=lambda: TuneRange(low=1, high=3),
+        description="train.epochs, an integer between low and high (null: keep train.epochs). "
+        "Ignored by training when train.max_steps is set.",
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TuneSpace:
+        problems = []
+        if self.lora_alpha and "alpha_ratio" not in self.model_fields_set:
+            object.__setattr__(self, "alpha_ratio", None)  # explicit alpha choices replace the default ratio
+        if self.lora_alpha and self.alpha_ratio:
+            problems.append("set tune.space.lora_alpha or tune.space.alpha_ratio, not both (null the other)")
+        if self.lr is not None and self.lr.low <= 0:
+            problems.append("tune.space.lr.low must be > 0 (it is sampled on a log scale)")
+        if self.dropout is not None and not (self.dropout.low >= 0 and self.dropout.high < 1):
+            problems.append("tune.space.dropout must lie in [0, 1)")
+        if self.epochs is not None and (self.epochs.low < 1 or self.epochs.low != int(self.epochs.low)
+                                        or self.epochs.high != int(self.epochs.high)):
+            problems.append("tune.space.epochs low/high must be whole numbers >= 1")
+        for key in ("lora_r", "lora_alpha", "alpha_ratio"):
+            values = getattr(self, key)
+            if values is not None and (not values or min(values) <= 0):
+                problems.append(f"tune.space.{key} must be a non-empty list of positive numbers (or null)")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+
+class TunePrunerConfig(_Section):
+    kind: Literal["median", "none"] = Field(
+        "median",
+        description="median: stop a trial whose val loss at an evaluation is worse than the median of "
+        "earlier trials at the same step. none: every trial runs to the end.",
+    )
+    n_startup_trials: int = Field(
+        2, ge=0, description="Trials that always run to the end before any pruning (the median needs them)."
+    )
+    n_warmup_steps: int = Field(
+        0, ge=0, description="Optimizer steps inside a trial before it can be pruned."
+    )
+
+
+class TuneConfig(_Section):
+    trials: int = Field(
+        10, ge=1,
+        description="Trials the study should hold when done (complete or pruned). Rerunning the same "
+        "command continues the study and runs only the missing ones; failed trials are retried.",
+    )
+    study: str | None = Field(
+        None,
+        description="Optuna study name. Default: tune-<adapter name>-<hash of the dataset, base model, "
+        "train settings and search space>, so the same command resumes the same study.",
+    )
+    storage: str | None = Field(
+        None, description="Optuna storage URL. Default: sqlite:///<workspace>/optuna.db."
+    )
+    timeout_s: float | None = Field(
+        None, gt=0, description="Start no new trial after this many seconds (None = no limit)."
+    )
+    eval_every_steps: int | None = Field(
+        None, ge=1,
+        description="Evaluations feed the pruner; used when train.eval_every_steps is unset. "
+        "Default: about 4 evaluations per trial.",
+    )
+    space: TuneSpace = Field(default_factory=TuneSpace, description="What is searched, and over which ranges.")
+    pruner: TunePrunerConfig = Field(
+        default_factory=TunePrunerConfig, description="When a trial that is going badly is stopped early."
+    )
+
+
+class RegistryConfig(_Section):
+    required_suites: list[str] = Field(
+        default_factory=list,
+        description="Eval suites a version's attached eval report must cover (and pass) before it may take a "
+        "gated alias. Empty: any passing eval report of that exact version is enough.",
+    )
+    gated_aliases: list[str] = Field(
+        default_factory=lambda: ["production"],
+        description="Aliases that need passing eval evidence; `promote --force --reason TEXT` overrides "
+        "(audited). Other aliases (staging, canary, user-defined) move freely, and every move is audited.",
+    )
+    experiment: str = Field(
+        "tuneforge-registry",
+        description="MLflow experiment whose runs hold the registered files (one run per registered version).",
+    )
+
+
+class PipelineConfig(_Section):
+    name: str = Field(
+        "tuned",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+        description="Registered model name that `tuneforge run` registers each new version under.",
+    )
+    promote_to: str = Field(
+        "staging", description="Alias a version that passed its gates is moved to. Never production: that "
+        "takes `tuneforge registry promote` with a passing gate report.",
+    )
+
+
+class DeployConfig(_Section):
+    canary: float | None = Field(
+        None, gt=0, lt=100,
+        description="With a share (percent), `tuneforge run` also makes the new version the `canary` alias and "
+        "sets the serving policy of pipeline.name to production=100-share, canary=share. Unset: no deploy step.",
+    )
+
+
 class TuneforgeConfig(_Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    serve: ServeConfig = Field(default_factory=ServeConfig)
+    tune: TuneConfig = Field(default_factory=TuneConfig)
+    registry: RegistryConfig = Field(default_factory=RegistryConfig)
+    pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
+    deploy: DeployConfig = Field(default_factory=DeployConfig)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -20,6 +20,8 @@ from rich.text import Text
 if TYPE_CHECKING:
     from tuneforge.data import Inspection, PreparedDataset
     from tuneforge.models import ModelEntry
+    from tuneforge.pipeline import PipelineResult
+    from tuneforge.quickstart import QuickstartResult
     from tuneforge.train import TrainProgress, TrainResult
 
 out = Console()
@@ -185,6 +187,12 @@ def _gib(v: float) -> str:
     return f"{v:,.2f} GiB" if v >= 1 else f"{v * 1024:,.1f} MiB"
 
 
+def _cost(m: dict[str, Any]) -> str:
+    if m.get("cost") is None:
+        return "- (no train.price_per_device_hour for this device)"
+    return f"{m['cost']:.4f} at {m.get('price_per_device_hour')}/device-hour"
+
+
 def train_summary(result: TrainResult) -> None:
     pre = result.preflight
     if result.dry_run:
@@ -220,13 +228,65 @@ def train_summary(result: TrainResult) -> None:
     rows = [("train loss (first → last)", f"{m.get('train_loss_first') or 0:.4f} → {m.get('train_loss') or 0:.4f}"),
             ("val loss", f"{m['val_loss']:.4f}" if m.get("val_loss") is not None else "-"),
             ("steps", m.get("steps")), ("tokens/s", m.get("tokens_per_s")),
-            ("runtime", _duration(m.get("train_runtime_s") or 0)), ("device", m.get("device")),
-            ("cost", m.get("cost") if m.get("cost") is not None else "-")]
+            ("runtime (training / wall)", f"{_duration(m.get('train_runtime_s') or 0)} / "
+             f"{_duration(m.get('wall_time_s') or m.get('train_runtime_s') or 0)}"),
+            ("device", m.get("device")), ("cost", _cost(m))]
+    if m.get("best_step") is not None:
+        rows.append(("best checkpoint (exported)", f"step {m['best_step']}, val loss {m['best_val_loss']:.4f}"))
+    for r in m.get("oom_retries") or []:
+        rows.append(("CUDA OOM back-off", f"batch_size {r['batch_size']}, grad_accum {r['grad_accum']}"))
     if result.resumed_from_step is not None:
         rows.append(("resumed from step", result.resumed_from_step))
+    tracking = result.meta.get("tracking")
+    if tracking:
+        rows.append(("MLflow run", f"{tracking['run_id']} (experiment {tracking['experiment_id']}, "
+                     f"{tracking['uri']})"))
     out.print(_kv_table("training", rows))
     serving = result.meta.get("serving", {})
     if serving and not serving.get("vllm_lora"):
         out.print(f"[yellow]note[/yellow]: {escape(serving.get('reason', ''))}")
     if not result.reused:
         out.print(f"[green]trained[/green] {result.name} → {result.path}")
+
+
+def pipeline_summary(result: PipelineResult) -> None:
+    table = Table(title=f"tuneforge run · {result.name}")
+    for col in ("stage", "status", "time", "detail"):
+        table.add_column(col, justify="right" if col == "time" else "left")
+    colours = {"ran": "green", "skipped": "cyan", "failed": "red"}
+    for st in result.stages:
+        table.add_row(st.name, f"[{colours.get(st.status, 'white')}]{st.status}[/]", f"{st.seconds:,.1f} s",
+                      escape(st.detail))
+    table.add_row("total", "", f"{result.seconds:,.1f} s", "")
+    out.print(table)
+    if result.version:
+        out.print(f"[green]{result.version}[/green] is in the registry; `tuneforge registry show {result.version}`")
+
+
+def quickstart_summary(result: QuickstartResult) -> None:
+    from tuneforge.quickstart import headline_rows
+
+    pipeline_summary(result.pipeline)
+    table = Table(title=f"through the API · base vs {result.served_as}", show_lines=True)
+    for col in ("ticket", "base", "tuned"):
+        table.add_column(col, ratio=1, overflow="fold")
+    for x in result.exchanges:
+        mark = {True: "[green]✓ valid JSON[/]", False: "[red]✗ not JSON[/]"}
+        table.add_row(escape(x.ticket[:300]), f"{escape(x.base[:300])}\n{mark[x.base_valid]}",
+                      f"{escape(x.tuned[:300])}\n{mark[x.tuned_valid]}")
+    out.print(table)
+    evals = Table(title="held-out golden set (eval.json)")
+    for col in ("metric", "base", "tuned", "Δ"):
+        evals.add_column(col, justify="left" if col == "metric" else "right")
+    for row in headline_rows(result.report):
+        evals.add_row(*row)
+    out.print(evals)
+    timings = Table(title="time per stage")
+    timings.add_column("stage")
+    timings.add_column("time", justify="right")
+    for name, seconds in result.timings.items():
+        timings.add_row(name, f"{seconds:,.1f} s")
+    timings.add_row("total", f"{sum(result.timings.values()):,.1f} s")
+    out.print(timings)
+    if result.report_html:
+        out.print(f"report → {result.report_html}")

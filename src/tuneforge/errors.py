@@ -50,3 +50,15 @@ class TrainError(TuneforgeError):
 
 class TrainInterrupted(TrainError):
     """Training was interrupted (Ctrl-C); a checkpoint was saved and `--resume` continues from it."""
+
+
+class EvalError(TuneforgeError):
+    """An evaluation cannot run: a suite, model reference, gate expression or judge endpoint is unusable."""
+
+
+class RegistryError(TuneforgeError):
+    """A model registry operation cannot be done: unknown name/version/alias, bad adapter, refused move."""
+
+
+class IntegrityError(RegistryError):
+    """A registered file is missing, not allowed, or does not match its recorded sha256."""

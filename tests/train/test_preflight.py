@@ -130,8 +130,8 @@ def test_qlora_without_cuda_is_a_clear_error(dataset: Path, tiny_cfg) -> None:
 
 
 def test_missing_tracker_package_is_named(dataset: Path, tiny_cfg) -> None:
-    with pytest.raises(TrainError, match="the mlflow package is not installed"):
-        train(tiny_cfg("train.report_to=[mlflow]"), data=dataset, dry_run=True)
+    with pytest.raises(TrainError, match="the wandb package is not installed"):
+        train(tiny_cfg("train.report_to=[wandb]"), data=dataset, dry_run=True)
 
 
 def test_cpt_trains_every_token_of_text_rows(tmp_path: Path, tiny_cfg) -> None:

@@ -3,12 +3,19 @@
 from tuneforge.train._preflight import MemoryEstimate, Preflight
 from tuneforge.train._progress import ProgressFn, TrainProgress
 from tuneforge.train._train import TrainResult, train
+from tuneforge.train.merge import MergeResult, merge_adapter
+from tuneforge.train.tune import TrialRow, TuneResult, tune
 
 __all__ = [
     "MemoryEstimate",
+    "MergeResult",
     "Preflight",
     "ProgressFn",
     "TrainProgress",
     "TrainResult",
+    "TrialRow",
+    "TuneResult",
+    "merge_adapter",
     "train",
+    "tune",
 ]

@@ -26,7 +26,9 @@ CHECKPOINT_PREFIX = "checkpoint-"
 # Bump when a change to the training stage changes its output for the same inputs.
 TRAIN_VERSION = 1
 # Keys that change where or how a run is reported, not what it produces.
-_NOT_IN_KEY = {"name", "data", "report_to", "price_per_device_hour", "save_every_steps", "keep_checkpoints"}
+# train.distributed enters the key only with more than one process (see _train.train).
+_NOT_IN_KEY = {"name", "data", "report_to", "price_per_device_hour", "save_every_steps", "keep_checkpoints",
+               "distributed", "oom_retries"}
 _LIBRARIES = ("tuneforge", "torch", "transformers", "peft", "trl", "accelerate", "datasets", "tokenizers")
 
 

@@ -15,6 +15,7 @@ from transformers.trainer_callback import PrinterCallback
 from trl import DPOConfig, DPOTrainer
 
 from tuneforge.config import TrainConfig
+from tuneforge.train import _launch
 from tuneforge.train._artifacts import RunDirs
 from tuneforge.train._tokenize import Pair
 
@@ -32,7 +33,10 @@ class _DPOTrainer(DPOTrainer):
 
     def _save_checkpoint(self, model: Any, trial: Any) -> None:
         super()._save_checkpoint(model, trial)
-        self._run.commit(self.state.global_step, self._keep)
+        _launch.barrier()  # every rank has written its part of the staging checkpoint
+        if self.is_world_process_zero():
+            self._run.commit(self.state.global_step, self._keep)
+        _launch.barrier()
 
 
 def dpo_args(tcfg: TrainConfig, staging: Path, *, prec: str, has_val: bool, cuda: bool) -> DPOConfig:
@@ -72,6 +76,7 @@ def dpo_args(tcfg: TrainConfig, staging: Path, *, prec: str, has_val: bool, cuda
         padding_free=False,
         dataloader_pin_memory=cuda,
         dataset_num_proc=None,
+        **_launch.trainer_kwargs(tcfg.distributed),
     )
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,11 +27,14 @@ from tuneforge.config import TuneforgeConfig, config_to_yaml
 from tuneforge.data import PreparedDataset
 from tuneforge.errors import DataError, TrainError, TrainInterrupted
 from tuneforge.train import _artifacts as artifacts
+from tuneforge.train import _launch
+from tuneforge.train import _oom as oom
 from tuneforge.train import _peft as methods
 from tuneforge.train import _preflight as pf
 from tuneforge.train._artifacts import RunDirs
 from tuneforge.train._progress import ProgressFn, TrainProgress
 from tuneforge.train._tokenize import KINDS, build_examples, build_pairs, read_split
+from tuneforge.train._tracking import TrainTracker, flat_params
 from tuneforge.workspace import Workspace
 
 log = logging.getLogger("tuneforge.train")
@@ -70,6 +74,8 @@ def train(
 
     ws = workspace or Workspace.from_env()
     tcfg = cfg.train
+    if not _launch.is_main():
+        progress = None  # under a launcher, rank 0 alone reports
     dataset = _dataset(data, tcfg.data, ws)
     model_ref = resolve_model(cfg.model.base, ws, revision=cfg.model.revision)
     tokenizer = load_tokenizer(model_ref)
@@ -110,6 +116,9 @@ def train(
     )
 
     key = artifacts.run_key(cfg, dataset.fingerprint, contract, prec)
+    if _launch.world_size() > 1:  # more processes, a larger effective batch: another run
+        key = artifacts.sha256_json({"run": key, "world_size": _launch.world_size(),
+                                     "distributed": tcfg.distributed.model_dump(mode="json")})
     name = artifacts.default_name(cfg, model_ref.name)
     target = Path(out).resolve() if out else ws.adapters_dir / f"{name}-{key[:12]}"
     if dry_run:
@@ -120,19 +129,55 @@ def train(
         return TrainResult(target, name, key, preflight, done.get("metrics", {}), done, reused=True)
 
     methods.check_hardware(tcfg)
+    _launch.check_strategy(tcfg.distributed, cuda=methods.cuda_available())
     run = RunDirs(ws.runs_dir / key[:32])
     checkpoint = _checkpoint_to_resume(run, resume)
+    # Contacted before any weight is loaded: an unreachable tracking server fails now, not at the end.
+    tracker = TrainTracker.start(cfg, ws, run_dir=run.root, run_name=f"{name}-{key[:8]}", resume=resume,
+                                 main=_launch.is_main())
     log.info("training %s on %s (run %s)\n%s", cfg.model.base, dataset.path, key[:12], config_to_yaml(cfg))
+    try:
+        if tracker:
+            tracker.log_start(
+                flat_params(cfg, {"precision": prec, "packing": packing, "dataset.fingerprint": dataset.fingerprint,
+                                  "dataset.path": str(dataset.path), "base.identity": model_ref.identity,
+                                  "run_key": key}),
+                {"tuneforge.run_key": key, "tuneforge.kind": "full" if peft_config is None else "adapter",
+                 "tuneforge.base": model_ref.identity},
+                dataset,
+            )
+        extra = [*(callbacks or []), *([tracker.callback()] if tracker else [])]
+        started = time.time()
+        trainer, output, val_loss, best, retries = _fit_backing_off(
+            lambda t: methods.load_for_training(model_ref, t, cfg.model.dtype, prec),
+            tokenizer, peft_config, tcfg, train_set, val_set, run, checkpoint, packing, prec, progress, extra,
+            tracker,
+        )
+        step = trainer.state.global_step
+        metrics = _metrics(trainer, output, val_loss, started, estimate.device, tcfg.price_per_device_hour)
+        metrics["stopped_early"] = step < trainer.state.max_steps
+        if best is not None:
+            metrics["best_step"], metrics["best_val_loss"] = best
+        metrics["oom_retries"] = [r.to_dict() for r in retries]
+        if progress:
+            progress(TrainProgress("saving", step, step))
+        meta = _meta_and_save(cfg, trainer, tokenizer, target, name, key, model_ref, contract, dataset, prec,
+                              packing, packing_reason, peft_config, metrics, preflight, checkpoint, run, tracker)
+    except BaseException as exc:
+        if tracker:
+            tracker.fail(exc)
+        raise
+    if tracker:
+        _finish_tracking(tracker, metrics, meta, target, step, progress)
+    return TrainResult(target, name, key, preflight, metrics, meta, resumed_from_step=_step_of(checkpoint))
 
-    model = methods.load_for_training(model_ref, tcfg, cfg.model.dtype, prec)
-    started = time.time()
-    trainer, output, val_loss = _fit(model, tokenizer, peft_config, tcfg, train_set, val_set, run, checkpoint,
-                                     packing, prec, progress, list(callbacks or []))
-    step = trainer.state.global_step
-    metrics = _metrics(trainer, output, val_loss, started, estimate.device, tcfg.price_per_device_hour)
-    metrics["stopped_early"] = step < trainer.state.max_steps
-    if progress:
-        progress(TrainProgress("saving", step, step))
+
+def _meta_and_save(cfg: TuneforgeConfig, trainer: Any, tokenizer: Any, target: Path, name: str, key: str,
+                   model_ref: Any, contract: Any, dataset: PreparedDataset, prec: str, packing: str,
+                   packing_reason: str, peft_config: Any, metrics: dict[str, Any], preflight: pf.Preflight,
+                   checkpoint: Path | None, run: RunDirs, tracker: TrainTracker | None) -> dict[str, Any]:
+    """tuneforge.json's content, then the adapter directory written with it (rank 0 only)."""
+    tcfg = cfg.train
     meta = {
         "kind": "full" if peft_config is None else "adapter",
         "name": name,
@@ -152,11 +197,72 @@ def train(
         "metrics": metrics,
         "preflight": {k: v for k, v in preflight.to_dict().items() if k != "samples"},
         "resumed_from_step": _step_of(checkpoint),
+        "world_size": _launch.world_size(),
+        "distributed": _launch.describe(tcfg.distributed),
+        # The registry tags versions with the training run; part of the meta before the checksum.
+        "tracking": tracker.info if tracker else None,
     }
     trained = trainer.model
-    meta = artifacts.save(trained, tokenizer, target, meta, full=peft_config is None)
-    shutil.rmtree(run.root, ignore_errors=True)  # the adapter is complete; checkpoints are not needed
-    return TrainResult(target, name, key, preflight, metrics, meta, resumed_from_step=_step_of(checkpoint))
+    if _launch.is_main():  # every rank holds the same weights; one writes them
+        meta = artifacts.save(trained, tokenizer, target, meta, full=peft_config is None)
+        shutil.rmtree(run.root, ignore_errors=True)  # the adapter is complete; checkpoints are not needed
+    _launch.barrier()
+    if not _launch.is_main():
+        meta = artifacts.read_meta(target) or meta
+    return meta
+
+
+def _finish_tracking(tracker: TrainTracker, metrics: dict[str, Any], meta: dict[str, Any], target: Path,
+                     step: int, progress: ProgressFn | None) -> None:
+    """Final metrics, tags and the adapter as artifacts. The adapter is already complete on disk, so a
+    tracking failure here is reported, not raised."""
+    tags = {"tuneforge.adapter_path": str(target), "tuneforge.adapter_checksum": meta.get("checksum", ""),
+            "tuneforge.device": metrics.get("device") or "", "tuneforge.oom_retries": len(metrics["oom_retries"]),
+            "tuneforge.price_per_device_hour": metrics.get("price_per_device_hour")}
+    try:
+        tracker.finish(metrics, tags, target, step)
+    except Exception as exc:
+        tracker.fail(exc)
+        log.warning("MLflow logging of %s failed: %s", target, exc)
+        if progress:
+            progress(TrainProgress("saving", step, step, note=f"the adapter is saved, but MLflow logging failed "
+                                   f"({tracker.store.uri}): {exc}"))
+
+
+def _fit_backing_off(load: Callable[[Any], Any], tokenizer: Any, peft_config: Any, tcfg: Any, train_set: _Split,
+                     val_set: _Split, run: RunDirs, checkpoint: Path | None, packing: str, prec: str,
+                     progress: ProgressFn | None, callbacks: list[Any], tracker: TrainTracker | None,
+                     ) -> tuple[Any, Any, float | None, tuple[int, float] | None, list[oom.OomRetry]]:
+    """`_fit`, retried on CUDA out-of-memory with half the micro-batch and twice the accumulation."""
+    retries: list[oom.OomRetry] = []
+    attempt_cfg, start_from = tcfg, checkpoint
+    while True:
+        model = load(attempt_cfg)  # a fresh model each attempt: PEFT wrapped the previous one in place
+        try:
+            return (*_fit(model, tokenizer, peft_config, attempt_cfg, train_set, val_set, run, start_from, packing,
+                          prec, progress, callbacks), retries)
+        except Exception as exc:
+            if not oom.is_oom(exc):
+                raise
+            # Ranks of a multi-process job cannot change their batch alone; only a single process backs off.
+            limit = tcfg.oom_retries if _launch.world_size() == 1 else 0
+            stop = oom.give_up(attempt_cfg, retries, limit)
+            if stop is not None:
+                raise stop from exc
+        model = None
+        oom.free_memory()
+        attempt_cfg = oom.halved(attempt_cfg)
+        start_from = run.last()
+        retry = oom.OomRetry(len(retries) + 1, attempt_cfg.batch_size, attempt_cfg.grad_accum,
+                             start_from.name if start_from else None)
+        retries.append(retry)
+        log.warning(retry.note())
+        if progress:
+            progress(TrainProgress("training", 0, 0, note=retry.note()))
+        if tracker:
+            tracker.note({"tuneforge.oom_retries": str(len(retries)),
+                          "tuneforge.batch_size": str(attempt_cfg.batch_size),
+                          "tuneforge.grad_accum": str(attempt_cfg.grad_accum)})
 
 
 @dataclass(frozen=True)
@@ -181,17 +287,25 @@ class _Split:
 
 def _fit(model: Any, tokenizer: Any, peft_config: Any, tcfg: Any, train_set: _Split, val_set: _Split,
          run: RunDirs, checkpoint: Path | None, packing: str, prec: str,
-         progress: ProgressFn | None, extra_callbacks: list[Any]) -> tuple[Any, Any, float | None]:
-    """Build the TRL trainer, train (resuming from ``checkpoint``), evaluate: (trainer, output, val loss)."""
+         progress: ProgressFn | None, extra_callbacks: list[Any],
+         ) -> tuple[Any, Any, float | None, tuple[int, float] | None]:
+    """Build the TRL trainer, train (resuming from ``checkpoint``), evaluate.
+
+    Returns (trainer, output, val loss, (best step, best val loss) when early stopping restored them).
+    """
     from transformers import EarlyStoppingCallback, set_seed
 
-    from tuneforge.train._trainer import Guard, Reporter, graceful_interrupt, quiet_datasets
+    from tuneforge.train._trainer import BestWeights, Guard, Reporter, graceful_interrupt, quiet_datasets
 
-    shutil.rmtree(run.staging, ignore_errors=True)
+    if _launch.is_main():
+        shutil.rmtree(run.staging, ignore_errors=True)
     guard = Guard()
     callbacks: list[Any] = [guard, Reporter(progress), *extra_callbacks]
-    if tcfg.early_stopping_patience:
-        callbacks.append(EarlyStoppingCallback(early_stopping_patience=tcfg.early_stopping_patience))
+    best = BestWeights(run) if tcfg.early_stopping_patience else None
+    if best is not None:
+        if checkpoint:
+            best.load(checkpoint)
+        callbacks += [best, EarlyStoppingCallback(early_stopping_patience=tcfg.early_stopping_patience)]
     cuda = methods.cuda_available()
     has_val = bool(val_set.examples)
 
@@ -241,7 +355,12 @@ def _fit(model: Any, tokenizer: Any, peft_config: Any, tcfg: Any, train_set: _Sp
         if progress and has_val:
             progress(TrainProgress("evaluating", step, step))
         val_loss = trainer.evaluate()["eval_loss"] if has_val else None
-    return trainer, output, val_loss
+    if best is None or best.step is None or best.loss is None or val_loss is None:
+        return trainer, output, val_loss, None
+    if best.loss < val_loss:  # the last weights are worse than an earlier evaluation's: export those
+        best.restore(trainer.model)
+        val_loss = best.loss
+    return trainer, output, val_loss, (best.step, best.loss)
 
 
 def _dataset(data: str | Path | PreparedDataset | None, configured: str | None, ws: Workspace) -> PreparedDataset:
@@ -329,9 +448,11 @@ def _metrics(trainer: Any, output: Any, val_loss: float | None, started: float, 
         "epochs": trainer.state.epoch,
         "tokens_seen_this_process": int(tokens),
         "train_runtime_s": round(runtime, 2),
+        "wall_time_s": round(time.time() - started, 2),  # includes OOM retries; what the cost is based on
         "tokens_per_s": round(tokens / runtime, 1) if runtime > 0 else None,
         "device": device,
         "cost": round(hours * price, 4) if price is not None else None,
+        "price_per_device_hour": price,
         "tuneforge_version": tuneforge.__version__,
     }
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import signal
 import threading
 import time
@@ -25,6 +26,7 @@ from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_group
 from trl import SFTConfig, SFTTrainer
 
 from tuneforge.config import TrainConfig
+from tuneforge.train import _launch
 from tuneforge.train._artifacts import RunDirs
 from tuneforge.train._progress import ProgressFn, TrainProgress
 from tuneforge.train._tokenize import Example
@@ -72,7 +74,12 @@ class _Trainer(SFTTrainer):
 
     def _save_checkpoint(self, model: Any, trial: Any) -> None:
         super()._save_checkpoint(model, trial)
-        self._run.commit(self.state.global_step, self._keep)
+        # Every rank writes into the staging checkpoint (its RNG state at least): commit it once,
+        # when all are done, and let no rank run ahead before it is in place.
+        _launch.barrier()
+        if self.is_world_process_zero():
+            self._run.commit(self.state.global_step, self._keep)
+        _launch.barrier()
 
 
 class _EpochSeededLengthGrouped(LengthGroupedSampler):
@@ -149,6 +156,101 @@ class Reporter(TrainerCallback):
         return control
 
 
+class MetricsLogger(TrainerCallback):
+    """Sends each Trainer log entry (loss, learning_rate, grad_norm, eval_loss, ...) plus tokens/s over
+    the interval to ``log_fn(values, global_step)``. A tracker that fails stops logging, not training."""
+
+    def __init__(self, log_fn: Callable[[dict[str, Any], int], None]) -> None:
+        self.log_fn = log_fn
+        self.failed = False
+        self._last: tuple[float, float] | None = None  # (time, tokens) at the previous entry
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+        # After a resume the token counter restarts at 0, so the first interval is measured from here.
+        self._last = (time.perf_counter(), 0.0)
+        return control
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any) -> Any:
+        if self.failed or not logs or not state.is_world_process_zero:
+            return control
+        values = dict(logs)
+        now, tokens = time.perf_counter(), logs.get("num_tokens")
+        if "loss" in logs and isinstance(tokens, int | float) and self._last is not None:
+            then, before = self._last
+            if now > then and tokens >= before:
+                values["tokens_per_s"] = (tokens - before) / (now - then)
+            self._last = (now, float(tokens))
+        try:
+            self.log_fn(values, state.global_step)
+        except Exception as exc:
+            self.failed = True
+            import logging
+
+            logging.getLogger("tuneforge.train").warning("metrics logging stopped: %s", exc)
+        return control
+
+
+class BestWeights(TrainerCallback):
+    """Keeps a CPU copy of the trainable weights at the lowest eval loss seen.
+
+    Early stopping must export the best weights, not the last; transformers' load_best_model_at_end
+    reloads a checkpoint directory, which our atomic commit has moved (and may have pruned). For an
+    adapter the copy is a few MB. Each committed checkpoint gets the best weights so far, so a
+    resumed run still knows evaluations from before the interruption.
+    """
+
+    FILE = "best_weights.safetensors"
+
+    def __init__(self, run: RunDirs | None = None) -> None:
+        self.run = run
+        self.step: int | None = None
+        self.loss: float | None = None
+        self._weights: dict[str, Any] = {}
+
+    def on_evaluate(self, args: Any, state: Any, control: Any, metrics: dict[str, Any] | None = None,
+                    model: Any = None, **kwargs: Any) -> Any:
+        loss = (metrics or {}).get("eval_loss")
+        if model is None or not isinstance(loss, float) or not math.isfinite(loss):
+            return control
+        if self.loss is None or loss < self.loss:
+            self.step, self.loss = state.global_step, loss
+            self._weights = {n: p.detach().to("cpu", copy=True)
+                             for n, p in model.named_parameters() if p.requires_grad}
+        return control
+
+    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+        # Runs after _save_checkpoint has committed the directory; one file, written atomically.
+        checkpoint = self.run.checkpoints / f"checkpoint-{state.global_step}" if self.run else None
+        if checkpoint is None or not self._weights or not state.is_world_process_zero or not checkpoint.is_dir():
+            return control
+        from safetensors.torch import save_file
+
+        tmp = checkpoint / f".{self.FILE}.tmp"
+        save_file(self._weights, str(tmp), metadata={"step": str(self.step), "loss": repr(self.loss)})
+        os.replace(tmp, checkpoint / self.FILE)
+        return control
+
+    def load(self, checkpoint: Path) -> None:
+        """The best weights recorded up to ``checkpoint`` (a resumed run), if any."""
+        from safetensors import safe_open
+
+        path = checkpoint / self.FILE
+        if not path.is_file():
+            return
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata()
+            self._weights = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - not iterable
+        self.step, self.loss = int(meta["step"]), float(meta["loss"])
+
+    def restore(self, model: Any) -> None:
+        import torch
+
+        params = dict(model.named_parameters())
+        with torch.no_grad():
+            for name, value in self._weights.items():
+                params[name].copy_(value.to(params[name].device))
+
+
 def sft_args(tcfg: TrainConfig, staging: Path, *, prec: str, packing: str, has_val: bool, cuda: bool) -> SFTConfig:
     """SFTConfig from `train.*`: every value explicit, so TRL's own defaults never leak in."""
     eval_steps = tcfg.eval_every_steps if has_val else None
@@ -191,6 +293,7 @@ def sft_args(tcfg: TrainConfig, staging: Path, *, prec: str, packing: str, has_v
         label_names=["labels"],
         dataloader_pin_memory=cuda,
         dataset_num_proc=None,
+        **_launch.trainer_kwargs(tcfg.distributed),
     )
 
 
