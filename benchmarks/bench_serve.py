@@ -1,0 +1,255 @@
+"""Serving throughput and latency: the local engine vs naive sequential HF generate.
+
+Runs on the bundled SmolLM2-135M-Instruct. For each number of distinct adapters (0 = base only) and
+each concurrency, ``concurrency`` closed-loop clients send chat prompts round-robin over the
+adapters; each measures time to first token (TTFT) and end to end (e2e). The baseline answers the
+same prompts one at a time with ``model.generate`` (PEFT ``set_adapter`` per request).
+Adapters are random-init LoRA (r=16, all projections): speed does not depend on what they learned.
+
+    python benchmarks/bench_serve.py                                 # concurrency 1 4 16, adapters 0 1 4
+    python benchmarks/bench_serve.py --concurrency 16 --adapters 4 --max-tokens 32
+
+Writes benchmarks/results/bench_serve.json. Other systems plug in as runners: a runner is an async
+function (prompts, adapter names, concurrency) -> Measurement; see RUNNERS (vLLM CPU and the
+gateway overhead columns are added there).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+BASE = "bundled:smollm2-135m-instruct"
+TOPICS = ["a lighthouse keeper", "a lost parcel", "a robot chef", "a late train", "a broken printer",
+          "a mountain village", "a support ticket queue", "a refund that never came"]
+
+
+@dataclass
+class Measurement:
+    system: str
+    adapters: int
+    concurrency: int
+    requests: int
+    output_tokens: int
+    wall_s: float
+    tok_s: float
+    ttft_p50_s: float
+    ttft_p99_s: float
+    e2e_p50_s: float
+    e2e_p99_s: float
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def measurement(system: str, adapters: int, concurrency: int, ttft: list[float], e2e: list[float], tokens: int,
+                wall: float) -> Measurement:
+    return Measurement(system, adapters, concurrency, len(e2e), tokens, round(wall, 3), round(tokens / wall, 1),
+                       round(statistics.median(ttft), 4), round(pct(ttft, 0.99), 4),
+                       round(statistics.median(e2e), 4), round(pct(e2e, 0.99), 4))
+
+
+def chat_prompts(tokenizer: Any, n: int) -> list[str]:
+    out = []
+    for i in range(n):
+        msgs = [{"role": "user", "content": f"Write a long, detailed story about {TOPICS[i % len(TOPICS)]} "
+                                            f"(story {i}). Use at least five paragraphs."}]
+        out.append(tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True))
+    return out
+
+
+def make_adapters(base_dir: Path, ws: Any, out: Path, count: int) -> list[tuple[str, Path]]:
+    """``count`` random-init LoRA adapter directories with a valid tuneforge.json for the base."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from tuneforge.models import load_contract, load_tokenizer, resolve_model
+    from tuneforge.train._artifacts import META, checksum, file_digests
+
+    resolved = resolve_model(BASE, ws)
+    tokenizer = load_tokenizer(resolved)
+    contract = load_contract(resolved, tokenizer).to_dict()
+    made = []
+    for i in range(count):
+        target = out / f"bench-{i}"
+        torch.manual_seed(i)
+        model = get_peft_model(AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32), LoraConfig(
+            r=16, lora_alpha=16, init_lora_weights=False,
+            target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]))
+        with torch.no_grad():  # small random B so the output stays fluent and long
+            for name, p in model.named_parameters():
+                if "lora_B" in name:
+                    p.mul_(0.01)
+        model.save_pretrained(target)
+        tokenizer.save_pretrained(target)
+        digests = file_digests(target)
+        meta = {"kind": "adapter", "name": target.name,
+                "base_model": {"ref": resolved.ref, "name": resolved.name, "identity": resolved.identity},
+                "contract": contract, "files": digests, "checksum": checksum(digests)}
+        (target / META).write_text(json.dumps(meta))
+        made.append((f"bench-{i}@1", target))
+    return made
+
+
+# -- systems ------------------------------------------------------------------------------------
+
+
+async def drive_engine(engine: Any, system: str, prompts: list[str], adapters: list[str | None], concurrency: int,
+                       max_tokens: int) -> Measurement:
+    """Closed loop: ``concurrency`` clients, each sending its next prompt when the last one ends."""
+    from tuneforge.serve.engines.base import GenerationRequest, SamplingParams
+
+    queue = list(enumerate(prompts))
+    ttft: list[float] = []
+    e2e: list[float] = []
+    tokens = 0
+
+    async def client() -> None:
+        nonlocal tokens
+        while queue:
+            i, prompt = queue.pop(0)
+            request = GenerationRequest(f"b{i}", prompt, SamplingParams(max_tokens=max_tokens, temperature=0.0),
+                                        adapter=adapters[i % len(adapters)])
+            start = time.perf_counter()
+            first = None
+            async for ev in engine.generate(request):
+                if first is None:
+                    first = time.perf_counter() - start
+                if ev.finish_reason is not None:
+                    tokens += ev.completion_tokens
+            e2e.append(time.perf_counter() - start)
+            ttft.append(first or 0.0)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(client() for _ in range(concurrency)))
+    n_adapters = len({a for a in adapters if a})
+    return measurement(system, n_adapters, concurrency, ttft, e2e, tokens, time.perf_counter() - started)
+
+
+def hf_sequential(base_dir: Path, adapter_dirs: list[tuple[str, Path]], prompts: list[str], adapters: list[str | None],
+                  max_tokens: int, dtype: str) -> Measurement:
+    """The naive baseline: one request at a time through ``model.generate``."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tuneforge.models import pick_dtype
+
+    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    model: Any = AutoModelForCausalLM.from_pretrained(base_dir, dtype=pick_dtype(dtype)).eval()
+    if adapter_dirs:
+        from peft import PeftModel
+
+        first, *rest = adapter_dirs
+        model = PeftModel.from_pretrained(model, first[1], adapter_name=first[0], autocast_adapter_dtype=False)
+        for name, path in rest:
+            model.load_adapter(path, adapter_name=name, autocast_adapter_dtype=False)
+        model.eval()
+    ttft: list[float] = []
+    e2e: list[float] = []
+    tokens = 0
+    started = time.perf_counter()
+    for i, prompt in enumerate(prompts):
+        adapter = adapters[i % len(adapters)]
+        ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False).input_ids
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            if adapter is not None:
+                model.set_adapter(adapter)
+            out = model.generate(input_ids=ids, max_new_tokens=max_tokens, do_sample=False,
+                                 pad_token_id=tokenizer.pad_token_id)
+        e2e.append(time.perf_counter() - t0)
+        ttft.append(e2e[-1])  # generate returns the whole answer at once
+        tokens += out.shape[1] - ids.shape[1]
+    return measurement("hf-sequential", len({a for a in adapters if a}), 1, ttft, e2e, tokens,
+                       time.perf_counter() - started)
+
+
+Runner = Callable[..., Awaitable[Measurement]]
+# Extra systems measured on the same prompts: name -> async fn(prompts, adapter names, concurrency,
+# max_tokens) -> Measurement. The lead adds "vllm-cpu" and "gateway" (OpenAI client on a URL) here.
+RUNNERS: dict[str, Runner] = {}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
+    parser.add_argument("--adapters", type=int, nargs="+", default=[0, 1, 4])
+    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--requests", type=int, default=0, help="requests per point (default 2x concurrency, min 8)")
+    parser.add_argument("--baseline-requests", type=int, default=6)
+    parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--max-batch", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch threads (0 = torch's default); 1 avoids OpenMP spin contention on a busy machine")
+    parser.add_argument("--no-baseline", action="store_true")
+    parser.add_argument("--out", type=Path, default=HERE / "results" / "bench_serve.json")
+    args = parser.parse_args()
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if args.threads:
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)  # before torch starts, so every thread gets it
+        import torch
+
+        torch.set_num_threads(args.threads)
+    results = asyncio.run(run(args))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    report = {"machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform()},
+              "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), "base": BASE,
+              "max_tokens": args.max_tokens, "dtype": args.dtype, "threads": args.threads or None, "results": [asdict(r) for r in results]}
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report, indent=2))
+
+
+async def run(args: argparse.Namespace) -> list[Measurement]:
+    from tuneforge.models import load_tokenizer, resolve_model
+    from tuneforge.serve.engines.base import AdapterSpec
+    from tuneforge.serve.engines.local import LocalEngine
+    from tuneforge.workspace import Workspace
+
+    ws = Workspace.from_env()
+    resolved = resolve_model(BASE, ws)
+    tokenizer = load_tokenizer(resolved)
+    results: list[Measurement] = []
+    with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
+        made = make_adapters(resolved.path, ws, Path(tmp), max(args.adapters))
+        engine = LocalEngine(BASE, workspace=ws, dtype=args.dtype, max_batch=args.max_batch,
+                             max_loaded_adapters=max(1, max(args.adapters)))
+        await engine.start()
+        for name, path in made:
+            await engine.load_adapter(AdapterSpec(name, path))
+        for k in args.adapters:
+            names: list[str | None] = [n for n, _ in made[:k]] or [None]
+            if not args.no_baseline:
+                prompts = chat_prompts(tokenizer, args.baseline_requests)
+                m = await asyncio.to_thread(hf_sequential, resolved.path, made[:k], prompts, names, args.max_tokens,
+                                            args.dtype)
+                results.append(m)
+                print(m, file=sys.stderr)
+            for c in args.concurrency:
+                prompts = chat_prompts(tokenizer, args.requests or max(8, 2 * c))
+                await drive_engine(engine, "warmup", prompts[:c], names, c, 4)
+                m = await drive_engine(engine, "local", prompts, names, c, args.max_tokens)
+                results.append(m)
+                print(m, file=sys.stderr)
+                for runner in RUNNERS.values():
+                    results.append(await runner(prompts, names, c, args.max_tokens))
+        await engine.stop()
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,211 @@
+"""The ``local`` engine: the base model in this process (transformers + PEFT), continuous batching.
+
+One scheduler thread owns the model (see ``_scheduler``); this class is the asyncio face of it.
+Requests are tokenized here, queued for the scheduler, and their events come back through an
+asyncio queue filled with ``call_soon_threadsafe``, so the event loop never runs a forward pass.
+
+``json_mode`` steers rather than constrains: the first token must open a JSON object, stop tokens
+are refused until the object closes, and the choice ends (``stop``) right after the closing brace.
+The text is therefore a balanced object, though not guaranteed to parse.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+from tuneforge.serve.engines._adapters import AdapterTable, verify
+from tuneforge.serve.engines._scheduler import DONE, Scheduler, Submission
+from tuneforge.serve.engines.base import (
+    AdapterSpec,
+    EngineError,
+    EngineStats,
+    GenerationEvent,
+    GenerationRequest,
+)
+from tuneforge.workspace import Workspace
+
+
+class LocalEngine:
+    name = "local"
+
+    def __init__(self, base: str, *, workspace: Workspace | None = None, dtype: str = "auto", max_batch: int = 32,
+                 max_loaded_adapters: int = 8, max_context: int | None = None, drain_timeout_s: float = 30.0,
+                 max_prefill_tokens: int = 8192) -> None:
+        if max_batch < 1 or max_loaded_adapters < 1:
+            raise ValueError("max_batch and max_loaded_adapters must be at least 1")
+        self.base_ref = base
+        self.base_model = base
+        self.workspace = workspace
+        self.dtype = dtype
+        self.max_batch = max_batch
+        self.drain_timeout_s = drain_timeout_s
+        self.max_prefill_tokens = max_prefill_tokens
+        self.contract: Any = None
+        self.tokenizer: Any = None
+        self._requested_context = max_context
+        self._context = 0
+        self._adapters = AdapterTable(max_loaded_adapters)
+        self._scheduler: Scheduler | None = None
+        self._encoder: Any = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self._scheduler is not None:
+            return
+        self._scheduler = await asyncio.to_thread(self._load_base)
+        self._scheduler.start()
+
+    def _load_base(self) -> Scheduler:
+        from tuneforge.models import load_contract, load_model, load_tokenizer, resolve_model
+
+        ws = self.workspace or Workspace.from_env()
+        resolved = resolve_model(self.base_ref, ws)
+        tokenizer = load_tokenizer(resolved)
+        model = load_model(resolved, self.dtype)
+        model.eval()
+        self.contract = load_contract(resolved, tokenizer)
+        self.tokenizer = tokenizer
+        self.base_model = resolved.name
+        # The Rust tokenizer encodes without touching padding/truncation state, so the event loop
+        # can count tokens while the scheduler thread decodes.
+        self._encoder = getattr(tokenizer, "backend_tokenizer", None)
+        limit = int(getattr(model.config, "max_position_embeddings", 0) or 2048)
+        self._context = min(limit, self._requested_context or limit)
+        stop_ids = {tokenizer.convert_tokens_to_ids(t) for t in self.contract.stop_tokens}
+        if tokenizer.eos_token_id is not None:
+            stop_ids.add(tokenizer.eos_token_id)
+        stop_ids.discard(tokenizer.unk_token_id)
+        stop_ids.discard(None)
+        return Scheduler(model, tokenizer, stop_ids, max_batch=self.max_batch,
+                         max_prefill_tokens=self.max_prefill_tokens)
+
+    async def stop(self) -> None:
+        if self._scheduler is not None:
+            await asyncio.to_thread(self._scheduler.shutdown, self.drain_timeout_s)
+
+    def ready(self) -> bool:
+        return self._scheduler is not None and self._scheduler.alive()
+
+    @property
+    def max_context(self) -> int:
+        return self._context
+
+    def count_tokens(self, text: str, *, add_special_tokens: bool = False) -> int:
+        return len(self._encode(text, add_special_tokens))
+
+    def _encode(self, text: str, add_special_tokens: bool) -> list[int]:
+        if self.tokenizer is None:
+            raise EngineError("the engine has not started", status=503, code="engine_not_ready")
+        if self._encoder is not None:
+            return list(self._encoder.encode(text, add_special_tokens=add_special_tokens).ids)
+        return list(self.tokenizer.encode(text, add_special_tokens=add_special_tokens))
+
+    def stats(self) -> EngineStats:
+        s = self._scheduler
+        return EngineStats(running=sum(not r.done for r in list(s.running)) if s else 0, waiting=s.waiting() if s else 0,
+                           loaded_adapters=self._adapters.names())
+
+    def _live(self) -> Scheduler:
+        if self._scheduler is None or not self._scheduler.alive():
+            raise EngineError("the engine is not running", status=503, code="engine_not_ready")
+        return self._scheduler
+
+    # -- adapters ----------------------------------------------------------------------------
+
+    async def load_adapter(self, adapter: AdapterSpec) -> None:
+        scheduler = self._live()
+        resident = self._adapters.get(adapter.name)
+        if resident is not None and resident.spec.path != adapter.path and not resident.draining:
+            raise EngineError(f"adapter name '{adapter.name}' is already loaded from {resident.spec.path}",
+                              status=409, code="adapter_name_in_use", param="model")
+        while self._adapters.loading(adapter.name):  # a concurrent load of the same name: share it
+            await asyncio.sleep(0.02)
+        if not self._adapters.begin_load(adapter.name):
+            if self._adapters.get(adapter.name) is None:
+                raise EngineError(f"adapter '{adapter.name}' failed to load", status=400, code="adapter_invalid")
+            return
+        loaded = None
+        try:
+            await asyncio.to_thread(verify, adapter, self.contract)
+            victim = self._adapters.pick_victim()
+            if victim is not None:
+                await self._detach(scheduler, victim)
+            await asyncio.wrap_future(scheduler.call(lambda: scheduler.attach(adapter.name, str(adapter.path))))
+            loaded = adapter
+        finally:
+            self._adapters.end_load(adapter.name, loaded)
+
+    async def unload_adapter(self, name: str) -> None:
+        scheduler = self._live()
+        self._adapters.start_drain(name)
+        while self._adapters.refs(name) > 0:
+            await asyncio.sleep(0.02)
+        await self._detach(scheduler, name)
+
+    async def _detach(self, scheduler: Scheduler, name: str) -> None:
+        try:
+            await asyncio.wrap_future(scheduler.call(lambda: scheduler.detach(name)))
+        finally:
+            self._adapters.remove(name)
+
+    # -- generation --------------------------------------------------------------------------
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationEvent]:
+        scheduler = self._live()
+        _check_params(request)
+        ids = self._encode(request.prompt, request.add_special_tokens)
+        if not ids:
+            raise EngineError("the prompt is empty", status=400, code="invalid_request_error", param="prompt")
+        if len(ids) + request.params.max_tokens > self._context:
+            raise EngineError(
+                f"the prompt has {len(ids)} tokens and max_tokens is {request.params.max_tokens}, over this "
+                f"model's context of {self._context} tokens; shorten the messages or lower max_tokens",
+                status=400, code="context_length_exceeded", param="messages")
+        adapter = request.adapter
+        if adapter is not None:
+            self._adapters.acquire(adapter)
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[object] = asyncio.Queue()
+
+        def emit(item: object) -> None:
+            loop.call_soon_threadsafe(queue.put_nowait, item)
+
+        def on_end() -> None:
+            if adapter is not None:
+                self._adapters.release(adapter)
+
+        sub = Submission(request, ids, emit, on_end)
+        try:
+            scheduler.submit(sub)
+        except EngineError:
+            on_end()
+            raise
+        try:
+            while True:
+                item = await queue.get()
+                if item is DONE:
+                    return
+                if isinstance(item, Exception):
+                    raise item
+                yield item  # type: ignore[misc]
+        finally:
+            if not sub.ended:
+                sub.cancelled = True  # the client went away: the scheduler drops its rows
+                scheduler.wake()
+
+
+def _check_params(request: GenerationRequest) -> None:
+    p = request.params
+    problems = [
+        (p.max_tokens < 1, "max_tokens", "max_tokens must be at least 1"),
+        (p.n < 1, "n", "n must be at least 1"),
+        (p.temperature < 0, "temperature", "temperature must be 0 or more"),
+        (not 0 < p.top_p <= 1, "top_p", "top_p must be in (0, 1]"),
+        (p.top_logprobs < 0 or p.top_logprobs > 20, "top_logprobs", "top_logprobs must be between 0 and 20"),
+    ]
+    for bad, param, message in problems:
+        if bad:
+            raise EngineError(message, status=400, code="invalid_request_error", param=param)
