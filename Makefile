@@ -5,7 +5,7 @@ PIP := $(PY) -m pip --disable-pip-version-check -q
 # The stamp changes whenever the dependency files change, so setup reruns only then.
 STAMP := $(VENV)/.setup-$(shell cat pyproject.toml constraints.txt | sha256sum | cut -c1-16)
 
-.PHONY: setup demo test lint bench-data clean
+.PHONY: setup demo test lint bench-data bench-train clean
 
 setup: $(STAMP)
 
@@ -17,10 +17,9 @@ $(STAMP): pyproject.toml constraints.txt
 	@rm -f $(VENV)/.setup-*
 	@touch $@
 
+# The whole loop on the bundled model: data → train → eval (gates) → registry → serve → report.html.
 demo: setup
-	$(PY) examples/support_tickets/generate.py --out examples/support_tickets/data
-	$(VENV)/bin/tuneforge data prepare examples/support_tickets/data/tickets.jsonl \
-		--config examples/support_tickets/tuneforge.yaml
+	$(VENV)/bin/tuneforge quickstart
 
 test: setup
 	$(VENV)/bin/ruff check src tests benchmarks examples
@@ -28,6 +27,10 @@ test: setup
 
 bench-data: setup
 	$(PY) benchmarks/bench_data.py
+
+# CPU: bundled model. On a CUDA machine: make bench-train BENCH_TRAIN_ARGS="--shape llama-1b --device cuda"
+bench-train: setup
+	$(PY) benchmarks/bench_train.py $(BENCH_TRAIN_ARGS)
 
 clean:
 	rm -rf $(VENV) .tuneforge .pytest_cache

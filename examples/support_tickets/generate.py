@@ -14,6 +14,7 @@ values as the text, and priority and sentiment come with cue sentences. Files wr
 - golden.jsonl   ~100 held-out tickets (own seed stream; no shared 13-gram with training tickets)
 - schema.json    JSON Schema (draft 2020-12) of the answer object
 - general.jsonl  ~200 general instruction rows for mixing against catastrophic forgetting
+- general_eval.jsonl  40 held-out general questions (not in the mix) for the forgetting check
 - manifest.json  counts and, for every noisy line of tickets.jsonl, what was injected
 """
 
@@ -802,6 +803,13 @@ def generate(out_dir: Path, n: int = 1200, seed: int = 0, n_golden: int = 100, n
                        "expected": answer_json(label), "category": label["category"], "schema": "schema.json"})
 
     general = _general(random.Random(f"tuneforge-support-tickets/general/{seed}"), n_general)
+    # Held-out general questions for the forgetting check: none of them is in the training mix. The
+    # forgetting score compares answers with the base model's own (generated once by evaluation);
+    # the correct-by-construction answers kept here score the suite's other metrics.
+    mixed = {g["messages"][1]["content"] for g in general}
+    general_eval = [g for g in
+                    _general(random.Random(f"tuneforge-support-tickets/general-eval/{seed}"), n_general + 40)
+                    if g["messages"][1]["content"] not in mixed][:40]
     dup_kinds = [x["duplicate"] for x in noise if "duplicate" in x]
     counts = {
         "rows": len(lines), "unique_tickets": n_base,
@@ -809,12 +817,13 @@ def generate(out_dir: Path, n: int = 1200, seed: int = 0, n_golden: int = 100, n
         "near_duplicates": len(dup_kinds) - dup_kinds.count("exact"),
         "pii_rows": sum(1 for x in noise if "pii" in x),
         "malformed_rows": sum(1 for x in noise if "malformed" in x),
-        "golden": len(golden), "general": len(general),
+        "golden": len(golden), "general": len(general), "general_eval": len(general_eval),
         "categories": {c: sum(1 for _, lab, _ in base if lab["category"] == c) for c in CATEGORIES},
     }
     _write_jsonl(out_dir / "tickets.jsonl", lines)
     _write_jsonl(out_dir / "golden.jsonl", [json.dumps(g, ensure_ascii=False) for g in golden])
     _write_jsonl(out_dir / "general.jsonl", [json.dumps(g, ensure_ascii=False) for g in general])
+    _write_jsonl(out_dir / "general_eval.jsonl", [json.dumps(g, ensure_ascii=False) for g in general_eval])
     (out_dir / "schema.json").write_text(json.dumps(schema(), indent=2) + "\n", encoding="utf-8")
     manifest = {"generator": "examples/support_tickets/generate.py", "seed": seed, "n": n, "counts": counts,
                 "system_prompt": SYSTEM_PROMPT, "noise": noise}
