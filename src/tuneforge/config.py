@@ -296,6 +296,11 @@ class TrainConfig(_Section):
     weight_decay: float = Field(
         0.0, ge=0.0, description="AdamW weight decay. 0 is usual for LoRA; 0.01-0.1 for full fine-tuning."
     )
+    optimizer: Literal["auto", "adamw", "adamw_8bit"] = Field(
+        "auto",
+        description="auto: 8-bit AdamW (bitsandbytes) on CUDA when bitsandbytes is installed, else AdamW. "
+        "adamw_8bit keeps the optimizer state in 8 bits (~75% less optimizer memory); it needs CUDA.",
+    )
     gradient_checkpointing: bool = Field(
         False,
         description="Recompute activations in the backward pass: ~30% slower, activation memory drops from "

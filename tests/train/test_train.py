@@ -197,4 +197,5 @@ def test_dpo_trains_the_adapter_against_the_frozen_base(tmp_path: Path, tiny_cfg
     # Step 1 runs before any update: the adapter is a no-op (lora_B = 0), so policy == reference and the
     # sigmoid loss is -log(sigmoid(0)) = ln 2. A reference other than the frozen base would not give this.
     assert m["train_loss_first"] == pytest.approx(0.6931, abs=1e-3)
+    assert m["train_loss"] < m["train_loss_first"] and m["val_loss"] < 0.6931  # preference loss went down
     assert result.meta["serving"]["vllm_lora"] and (result.path / "adapter_model.safetensors").is_file()

@@ -17,6 +17,7 @@ from trl import DPOConfig, DPOTrainer
 from tuneforge.config import TrainConfig
 from tuneforge.train import _launch
 from tuneforge.train._artifacts import RunDirs
+from tuneforge.train._peft import optimizer
 from tuneforge.train._tokenize import Pair
 
 _SCHEDULERS = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}
@@ -53,6 +54,7 @@ def dpo_args(tcfg: TrainConfig, staging: Path, *, prec: str, has_val: bool, cuda
         lr_scheduler_type=_SCHEDULERS[tcfg.scheduler],
         warmup_steps=tcfg.warmup_ratio,  # a value below 1 is a ratio of the total steps
         weight_decay=tcfg.weight_decay,
+        optim=optimizer(tcfg, cuda),
         seed=tcfg.seed,
         data_seed=tcfg.seed,
         activation_checkpointing=tcfg.gradient_checkpointing,  # transformers 5 name of gradient_checkpointing

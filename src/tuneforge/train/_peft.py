@@ -55,6 +55,24 @@ def check_hardware(tcfg: TrainConfig) -> None:
         )
 
 
+def optimizer(tcfg: TrainConfig, cuda: bool) -> str:
+    """transformers' `optim` name: 8-bit AdamW where it exists (CUDA + bitsandbytes), else torch AdamW."""
+    import importlib.util
+
+    has_bnb = importlib.util.find_spec("bitsandbytes") is not None
+    if tcfg.optimizer == "adamw_8bit":
+        if not (cuda and has_bnb):
+            raise TrainError(
+                "8-bit AdamW needs a CUDA GPU and the bitsandbytes package",
+                where="train.optimizer=adamw_8bit",
+                fix="use train.optimizer=auto (8-bit only where available) or adamw",
+            )
+        return "adamw_bnb_8bit"
+    if tcfg.optimizer == "auto" and cuda and has_bnb:
+        return "adamw_bnb_8bit"
+    return "adamw_torch"
+
+
 # report_to name -> the package transformers needs for it.
 _TRACKERS = {"mlflow": "mlflow", "tensorboard": "tensorboard", "wandb": "wandb", "trackio": "trackio",
              "comet_ml": "comet_ml", "clearml": "clearml", "swanlab": "swanlab"}

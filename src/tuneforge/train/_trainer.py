@@ -28,6 +28,7 @@ from trl import SFTConfig, SFTTrainer
 from tuneforge.config import TrainConfig
 from tuneforge.train import _launch
 from tuneforge.train._artifacts import RunDirs
+from tuneforge.train._peft import optimizer
 from tuneforge.train._progress import ProgressFn, TrainProgress
 from tuneforge.train._tokenize import Example
 
@@ -265,6 +266,7 @@ def sft_args(tcfg: TrainConfig, staging: Path, *, prec: str, packing: str, has_v
         lr_scheduler_type=_SCHEDULERS[tcfg.scheduler],
         warmup_steps=tcfg.warmup_ratio,  # a value below 1 is a ratio of the total steps
         weight_decay=tcfg.weight_decay,
+        optim=optimizer(tcfg, cuda),
         seed=tcfg.seed,
         data_seed=tcfg.seed,
         activation_checkpointing=tcfg.gradient_checkpointing,  # transformers 5 name of gradient_checkpointing
