@@ -92,7 +92,8 @@ def test_request_log_redacts_pii_or_drops_text(tmp_path: Path) -> None:
 
 def test_chat_is_rendered_with_the_adapters_recorded_template(tiny_model_dir: Path, tmp_path: Path,
                                                               serve_ws: Any) -> None:
-    from conftest import make_adapter
+    from serve_helpers import make_adapter
+
     from tuneforge.serve.render import Renderer
 
     adapter = make_adapter(tiny_model_dir, tmp_path / "a", 3, serve_ws)
