@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
@@ -144,14 +145,20 @@ def inspection(ins: Inspection) -> None:
 class TrainProgressBar:
     """Training progress from the library's TrainProgress events: step, loss, tokens/s and ETA."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, console: Console | None = None, log_every_s: float = 30.0) -> None:
+        self._console = console or err
         self._progress = Progress(
             TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
             TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[rate]} tok/s"),
-            TextColumn("ETA {task.fields[eta]}"), console=err, transient=True,
+            TextColumn("ETA {task.fields[eta]}"), console=self._console, transient=True,
         )
         self._task = self._progress.add_task("training", total=None, loss="-", rate="-", eta="-")
         self._started = False
+        # Not a terminal (CI logs, `make demo > log`): a live bar draws nothing until the end, so
+        # print a plain line at most every log_every_s seconds, and at the last step.
+        self._plain = not self._console.is_terminal
+        self._log_every_s = log_every_s
+        self._last_line = float("-inf")
 
     def __enter__(self) -> TrainProgressBar:
         return self
@@ -175,7 +182,19 @@ class TrainProgressBar:
                 fields["rate"] = f"{event.tokens_per_s:,.0f}"
             if event.eta_s is not None:
                 fields["eta"] = _duration(event.eta_s)
+            if self._plain and event.loss is not None:
+                self._log_line(event, fields)
         self._progress.update(self._task, **fields)
+
+    def _log_line(self, event: TrainProgress, fields: dict[str, Any]) -> None:
+        now = time.monotonic()
+        last = bool(event.total_steps) and event.step >= event.total_steps
+        if not last and now - self._last_line < self._log_every_s:
+            return
+        self._last_line = now
+        total = f"/{event.total_steps}" if event.total_steps else ""
+        self._console.print(f"step {event.step}{total}  loss {fields['loss']}  {fields.get('rate', '-')} tok/s  "
+                            f"ETA {fields.get('eta', '-')}", markup=False, highlight=False)
 
 
 def _duration(seconds: float) -> str:
