@@ -27,12 +27,10 @@ from trl import SFTConfig, SFTTrainer
 
 from tuneforge.config import TrainConfig
 from tuneforge.train import _launch
+from tuneforge.train._args import shared_args
 from tuneforge.train._artifacts import RunDirs
-from tuneforge.train._peft import optimizer
 from tuneforge.train._progress import ProgressFn, TrainProgress
 from tuneforge.train._tokenize import Example
-
-_SCHEDULERS = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}
 
 
 class _Trainer(SFTTrainer):
@@ -253,38 +251,8 @@ class BestWeights(TrainerCallback):
 
 
 def sft_args(tcfg: TrainConfig, staging: Path, *, prec: str, packing: str, has_val: bool, cuda: bool) -> SFTConfig:
-    """SFTConfig from `train.*`: every value explicit, so TRL's own defaults never leak in."""
-    eval_steps = tcfg.eval_every_steps if has_val else None
     return SFTConfig(
-        output_dir=str(staging),
-        num_train_epochs=tcfg.epochs,
-        max_steps=tcfg.max_steps or -1,
-        per_device_train_batch_size=tcfg.batch_size,
-        per_device_eval_batch_size=tcfg.batch_size,
-        gradient_accumulation_steps=tcfg.grad_accum,
-        learning_rate=tcfg.lr,
-        lr_scheduler_type=_SCHEDULERS[tcfg.scheduler],
-        warmup_steps=tcfg.warmup_ratio,  # a value below 1 is a ratio of the total steps
-        weight_decay=tcfg.weight_decay,
-        optim=optimizer(tcfg, cuda),
-        seed=tcfg.seed,
-        data_seed=tcfg.seed,
-        activation_checkpointing=tcfg.gradient_checkpointing,  # transformers 5 name of gradient_checkpointing
-        bf16=prec == "bf16",
-        fp16=False,
-        use_cpu=not cuda,
-        logging_steps=1,
-        logging_nan_inf_filter=False,  # a NaN must reach the guard, not be averaged away
-        save_strategy="steps" if tcfg.save_every_steps else "no",
-        save_steps=tcfg.save_every_steps or 500,
-        save_total_limit=None,  # RunDirs.commit keeps the last train.keep_checkpoints
-        eval_strategy="steps" if eval_steps else "no",
-        eval_steps=eval_steps,
-        metric_for_best_model="eval_loss" if tcfg.early_stopping_patience else None,
-        greater_is_better=False if tcfg.early_stopping_patience else None,
-        report_to=list(tcfg.report_to) or "none",
-        disable_tqdm=True,
-        max_length=tcfg.max_seq_len,
+        **shared_args(tcfg, staging, prec=prec, has_val=has_val, cuda=cuda),
         packing=packing == "padding_free",
         packing_strategy="bfd",
         padding_free=packing == "padding_free",
@@ -293,9 +261,6 @@ def sft_args(tcfg: TrainConfig, staging: Path, *, prec: str, packing: str, has_v
         assistant_only_loss=False,
         completion_only_loss=False,
         label_names=["labels"],
-        dataloader_pin_memory=cuda,
-        dataset_num_proc=None,
-        **_launch.trainer_kwargs(tcfg.distributed),
     )
 
 
