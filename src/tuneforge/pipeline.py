@@ -1,11 +1,10 @@
 """`tuneforge run`: prepare → train → eval (gates) → register → promote, resumable stage by stage.
 
-Every stage is keyed by the content of its inputs (the dataset fingerprint, the training run key,
-the adapter checksum plus the suites and eval settings), and the key of its last success is kept in
-`<workspace>/pipeline/<name>/state.json`. A rerun skips each stage whose key is unchanged and says
-so, so a pipeline that crashed mid-way continues at the stage that failed. The stages themselves
-also reuse identical work (prepare and train detect a finished identical run, eval caches
-generations, the registry dedups by checksum), so the state file is a fast path, not the only guard.
+Every stage is keyed by the content of its inputs, and a rerun skips each stage whose key is
+unchanged and says so, so a pipeline that crashed mid-way continues at the stage that failed.
+Prepare (dataset fingerprint), train (run key) and register (adapter checksum) already detect
+identical finished work themselves; eval is keyed here (adapter checksum, suites, eval settings)
+in `<workspace>/pipeline/<name>/state.json`, because its report depends on more than its cache key.
 
 A failed gate stops the pipeline before anything is registered or promoted: the version that
 would have been registered has evidence against it.
@@ -17,7 +16,7 @@ import hashlib
 import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -116,7 +115,6 @@ def run_pipeline(cfg: TuneforgeConfig, *, inputs: list[str] | None = None, works
         counts = ds.counts
         detail = (f"unchanged inputs, reused {ds.path.name}" if ds.reused else
                   f"{counts.get('kept', '?')} of {counts.get('read', '?')} rows kept → {ds.path}")
-        state.record("prepare", ds.fingerprint, {"path": str(ds.path)})
         return ("skipped" if ds.reused else "ran"), detail, {"path": str(ds.path), "fingerprint": ds.fingerprint}
 
     prepared = stage("prepare", do_prepare)
@@ -127,7 +125,6 @@ def run_pipeline(cfg: TuneforgeConfig, *, inputs: list[str] | None = None, works
         res = train(cfg, data=prepared["path"], workspace=ws, progress=train_progress)
         checksum = res.meta.get("checksum", "")
         out = {"path": str(res.path), "checksum": checksum, "run_key": res.run_key}
-        state.record("train", res.run_key, out)
         m = res.metrics
         detail = (f"identical run already trained, reused {res.path.name}" if res.reused else
                   f"{m.get('steps')} steps, train loss {m.get('train_loss_first', 0):.3f} → {m.get('train_loss', 0):.3f}"
@@ -174,7 +171,6 @@ def run_pipeline(cfg: TuneforgeConfig, *, inputs: list[str] | None = None, works
     # 4. register: the registry returns the existing version for identical content.
     def do_register() -> tuple[str, str, dict[str, Any]]:
         mv = registry.register(Path(trained["path"]), name, eval_report=Path(evaluated["report"]))
-        state.record("register", trained["checksum"], {"version": mv.version})
         return (("skipped" if mv.reused else "ran"),
                 f"{'already registered as' if mv.reused else 'registered'} {mv.ref}", {"version": mv.version})
 
@@ -220,6 +216,3 @@ def _file_sha(path: str | Path) -> str | None:
 
     return sha256_file(p)
 
-
-def result_to_dict(result: PipelineResult) -> dict[str, Any]:
-    return asdict(result)
