@@ -24,6 +24,8 @@ data_app = typer.Typer(no_args_is_help=True, help="Prepare and inspect training 
 app.add_typer(config_app, name="config")
 app.add_typer(models_app, name="models")
 app.add_typer(data_app, name="data")
+ab_app = typer.Typer(no_args_is_help=True, help="A/B analysis of a model's traffic split, and canary guardrails.")
+app.add_typer(ab_app, name="ab")
 
 from tuneforge.registry.cli import registry_app  # noqa: E402 - light: typer/rich only
 
@@ -253,6 +255,139 @@ def quickstart_cmd(
         result = quickstart(example, tickets=tickets, overrides=set_,
                             say=lambda m: console.err.print(m, highlight=False), train_progress=bar.update)
     console.quickstart_summary(result)
+
+
+@app.command("monitor")
+def monitor_cmd(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    watch: Annotated[bool, typer.Option("--watch", help="Keep checking every --every seconds (Ctrl-C stops).")] = False,
+    every: Annotated[float | None, typer.Option("--every", min=1, help="Seconds between checks with --watch (default: monitor.watch_every_s).")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Also write the (last) result as JSON to this file.")] = None,
+) -> None:
+    """Compare recent traffic with the training data and the eval baseline; retrain on drift if configured.
+
+    Checks prompt embedding drift (MMD test), prompt length PSI, JSON/schema validity and refusal rate of
+    responses, and the feedback trend; appends to <workspace>/monitor/history.jsonl and redraws report.html.
+    Exits 1 on an alarm (without --watch) and 2 when the check cannot run.
+    """
+    import json
+
+    from tuneforge.monitor.monitor import run_monitor
+    from tuneforge.monitor.monitor import watch as watch_loop
+    from tuneforge.workspace import Workspace
+
+    def show(result) -> None:
+        console.monitor_summary(result, Workspace.from_env().root / "monitor" / "report.html")
+        if json_out is not None:
+            json_out.parent.mkdir(parents=True, exist_ok=True)
+            json_out.write_text(json.dumps(result.to_dict(), indent=2))
+
+    def say(msg: str) -> None:
+        console.err.print(msg, highlight=False, markup=False)
+
+    try:
+        cfg = _load(config, set_)
+        if watch:
+            def report_error(exc: TuneforgeError) -> None:
+                console.err.print(f"[bold red]error:[/bold red] {exc.render()}", markup=True, highlight=False)
+
+            try:
+                watch_loop(cfg, every_s=every, on_result=show, on_error=report_error, say=say)
+            except KeyboardInterrupt:
+                console.err.print("stopped")
+            return
+        result = run_monitor(cfg, say=say)
+    except TuneforgeError as exc:  # exit 2: the check could not run (1 is reserved for an alarm)
+        console.err.print(f"[bold red]error:[/bold red] {exc.render()}", markup=True, highlight=False)
+        raise typer.Exit(2) from None
+    show(result)
+    if result.alarm:
+        raise typer.Exit(1)
+
+
+@ab_app.command("report")
+def ab_report_cmd(
+    name: Annotated[str, typer.Argument(help="Registered model name whose traffic is split between variants.")],
+    since: Annotated[str | None, typer.Option("--since", help="Only requests from the last DURATION (30m, 24h, 7d).")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Also write the report as JSON to this file.")] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Per-variant stats from the request log, differences with anytime-valid intervals, and a recommendation."""
+    import json
+    import time
+
+    from tuneforge.monitor import _render
+    from tuneforge.monitor.ab import ab_report, parse_duration
+    from tuneforge.workspace import Workspace
+
+    cfg = _load(config, set_)
+    start = time.time() - parse_duration(since) if since else None
+    report = ab_report(Workspace.from_env(), cfg, name, since=start)
+    _render.ab_report(report, console.out)
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(report.to_dict(), indent=2, default=str))
+        console.out.print(f"wrote {json_out}")
+
+
+@ab_app.command("guard")
+def ab_guard_cmd(
+    name: Annotated[str, typer.Argument(help="Registered model name whose canary is checked.")],
+    watch: Annotated[bool, typer.Option("--watch", help="Keep checking every guardrails.check_every_s (Ctrl-C stops).")] = False,
+    url: Annotated[str | None, typer.Option(help="Running server to reroute first (default: $TUNEFORGE_SERVE_URL, else serve.host:serve.port).")] = None,
+    admin_key: Annotated[str | None, typer.Option(help="Admin API key of that server (default: $TUNEFORGE_ADMIN_KEY).")] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Check NAME's canary against guardrails.*; on a breach route its traffic to production and remove the alias.
+
+    Exits 1 when a breach rolled the canary back (without --watch).
+    """
+    import time
+
+    from tuneforge.errors import AbError
+    from tuneforge.monitor import _render
+    from tuneforge.monitor.guardrails import (
+        apply_on_server,
+        check_guardrails,
+        configured,
+        current_policy,
+        enforce,
+        without,
+    )
+    from tuneforge.registry import Registry
+    from tuneforge.serve.auth import ADMIN_KEY_ENV
+    from tuneforge.serve.cli import SERVE_URL_ENV
+    from tuneforge.workspace import Workspace
+
+    cfg = _load(config, set_)
+    if not configured(cfg):
+        raise AbError("no guardrail is configured", where="guardrails",
+                      fix="set a limit, e.g. --set guardrails.error_rate_max=0.05 or guardrails.json_valid_min=0.9")
+    ws = Workspace.from_env()
+    registry = Registry.from_config(cfg, ws)
+    base = url or os.environ.get(SERVE_URL_ENV) or f"http://{cfg.serve.host}:{cfg.serve.port}"
+    key = admin_key or os.environ.get(ADMIN_KEY_ENV)
+    while True:
+        version = registry.aliases(name).get(cfg.guardrails.candidate)
+        result = check_guardrails(cfg, ws, name, version=version)
+        event = None
+        if version is not None and result.breached:
+            policy = current_policy(base, key, ws, name)
+            if policy is not None:
+                apply_on_server(base, key, name, without(policy, cfg.guardrails.candidate))
+            event = enforce(cfg, ws, result, registry=registry)
+        _render.guard_result(result, event, console.out)
+        if not watch:
+            if event is not None:
+                raise typer.Exit(1)
+            return
+        try:
+            time.sleep(cfg.guardrails.check_every_s)
+        except KeyboardInterrupt:  # Ctrl-C between checks ends --watch quietly
+            return
 
 
 def _run_with_progress(cfg):

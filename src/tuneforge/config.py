@@ -441,6 +441,44 @@ class ServeLogConfig(_Section):
     )
 
 
+class ServeVllmConfig(_Section):
+    python: str | None = Field(
+        None,
+        description="Python executable of the environment vLLM is installed in (it may live in its own). "
+        "Default: $TUNEFORGE_VLLM_PYTHON, else .venv-vllm/bin/python (`make vllm-env`) in the current "
+        "directory or the tuneforge checkout.",
+    )
+    port: int = Field(0, ge=0, le=65535, description="Port of the vLLM server on 127.0.0.1 (0 = a free one).")
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
+        "bfloat16", description="vLLM --dtype (bfloat16 suits both CPU and GPU)."
+    )
+    max_model_len: int = Field(
+        2048, ge=16, description="Context length vLLM reserves for (--max-model-len); the served context."
+    )
+    max_num_seqs: int = Field(16, ge=1, description="Sequences vLLM decodes together (--max-num-seqs).")
+    max_loras: int = Field(4, ge=1, description="Adapters usable in one batch (--max-loras).")
+    max_lora_rank: Literal[1, 8, 16, 32, 64, 128, 256, 320, 512] = Field(
+        64, description="Highest adapter rank accepted (--max-lora-rank; vLLM allows only these values); "
+        "keep it at least train.max_serving_rank.",
+    )
+    kv_cache_gib: int = Field(
+        2, ge=1, description="CPU build: GiB of memory for the KV cache (VLLM_CPU_KVCACHE_SPACE)."
+    )
+    extra_args: list[str] = Field(
+        default_factory=list,
+        description="More vLLM server arguments, e.g. [--enforce-eager] or [--gpu-memory-utilization, '0.8'].",
+    )
+    startup_timeout_s: float = Field(
+        600.0, gt=0, description="How long vLLM may take to load and answer /health before start fails."
+    )
+    health_interval_s: float = Field(
+        1.0, gt=0, description="How often the vLLM process is checked; a dead one is restarted."
+    )
+    restart_limit: int = Field(
+        3, ge=0, description="Restarts allowed within 10 minutes; past that the engine stays down (503)."
+    )
+
+
 class ServeConfig(_Section):
     host: str = Field("127.0.0.1", description="Bind address. With auth off it is forced to 127.0.0.1.")
     port: int = Field(8000, ge=0, le=65535, description="Port (0 = any free port).")
@@ -496,6 +534,7 @@ class ServeConfig(_Section):
         0.0, ge=0, description="Price used for the request log's estimated cost."
     )
     request_log: ServeLogConfig = Field(default_factory=ServeLogConfig)
+    vllm: ServeVllmConfig = Field(default_factory=ServeVllmConfig)
 
 
 class EvalSuiteSpec(_Section):
@@ -712,6 +751,214 @@ class DeployConfig(_Section):
     )
 
 
+class MonitorThresholds(_Section):
+    embedding_alpha: float = Field(
+        0.01, gt=0.0, lt=1.0,
+        description="Prompt embedding drift alarms when the MMD permutation test's p-value is below this. "
+        "It is also the false-alarm rate on unchanged traffic, so 0.01 means about one false alarm in 100 checks.",
+    )
+    length_psi_max: float = Field(
+        0.2, gt=0.0,
+        description="Prompt length drift alarms when the population stability index exceeds this (the usual "
+        "reading: < 0.1 stable, 0.1-0.2 moderate shift, > 0.2 significant shift).",
+    )
+    validity_drop_max: float = Field(
+        0.1, ge=0.0, le=1.0,
+        description="Output validity alarms when the JSON-valid (or schema-valid) rate of logged responses is "
+        "more than this below the served version's eval report (or the reference answers without one).",
+    )
+    refusal_rate_max: float = Field(
+        0.1, ge=0.0, le=1.0,
+        description="Refusal rate alarms when more than this share of logged responses match "
+        "monitor.refusal_patterns.",
+    )
+    feedback_mean_min: float | None = Field(
+        None, ge=0.0, le=1.0,
+        description="Feedback alarms when the mean feedback score (normalised to [0, 1]) of the window's rated "
+        "requests is below this (None: off).",
+    )
+    feedback_drop_max: float | None = Field(
+        None, ge=0.0,
+        description="Feedback alarms when the window's mean score is more than this below the previous "
+        "window's (None: off).",
+    )
+
+
+class MonitorRetrainConfig(_Section):
+    max_rows: int = Field(
+        2000, ge=1, description="Most logged requests (newest first) exported as new training rows."
+    )
+    min_rows: int = Field(
+        10, ge=1,
+        description="A retrain needs at least this many usable logged rows; fewer: no retrain, and the "
+        "history says why.",
+    )
+    logged_share: float = Field(
+        0.5, gt=0.0, lt=1.0,
+        description="At most this share of the retrain inputs comes from logged requests; the rest is the "
+        "original data.inputs (0.5 = at most one logged row per original row).",
+    )
+    positive_score_min: float = Field(
+        0.6, ge=0.0, le=1.0,
+        description="When any logged request was rated, only requests rated >= this are exported (feedback "
+        "scores are normalised to [0, 1]: thumbs up = 1, 4 of 1-5 stars = 0.75); unrated traffic includes "
+        "the answers that caused the alarm.",
+    )
+    canary: float = Field(
+        10.0, gt=0, lt=100,
+        description="The retrained version becomes the `canary` alias at this percent of traffic (never "
+        "production: that still takes `tuneforge registry promote` with evidence).",
+    )
+    cooldown_s: float = Field(
+        86400.0, ge=0,
+        description="Least seconds between two retrains started by the monitor (one that trained, whether or "
+        "not its gates passed); alarms in between are recorded as 'cooldown', so a watcher does not retrain "
+        "on every check while the canary is being judged.",
+    )
+
+
+class MonitorConfig(_Section):
+    model: str | None = Field(
+        None, description="Registered model whose traffic is watched (default: pipeline.name)."
+    )
+    window: int = Field(
+        500, ge=1, description="Newest non-shadow requests of the model compared with the reference."
+    )
+    since_s: float | None = Field(
+        None, gt=0, description="Only requests from the last this-many seconds count (None: no time limit)."
+    )
+    reference: str | None = Field(
+        None,
+        description="Reference traffic: a prepared dataset directory (its train split) or a JSONL file in any "
+        "data format. Default: the prepared dataset the served version was trained on, else the workspace's "
+        "latest prepared dataset.",
+    )
+    min_samples: int = Field(
+        30, ge=2,
+        description="Checks with fewer samples than this in the window are reported as skipped, never alarmed.",
+    )
+    max_samples: int = Field(
+        400, ge=10,
+        description="Each side of the embedding test is subsampled (seeded) to this many prompts, bounding the "
+        "cost of embedding and of the permutation test.",
+    )
+    permutations: int = Field(
+        500, ge=50, description="Permutations of the MMD test; the smallest possible p-value is 1/(n+1)."
+    )
+    seed: int = Field(0, description="Seeds subsampling and permutations, so reruns on the same data agree.")
+    refusal_patterns: list[str] = Field(
+        default_factory=lambda: [r"\bI(?:'m| am) (?:sorry|unable|not able)\b", r"\bI can(?:'|no)t (?:help|assist)",
+                                 r"\bas an AI\b"],
+        description="Case-insensitive regular expressions; a response matching any counts as a refusal.",
+    )
+    thresholds: MonitorThresholds = Field(
+        default_factory=MonitorThresholds, description="When each check raises an alarm."
+    )
+    on_drift: Literal["alert", "retrain"] = Field(
+        "alert",
+        description="alert: record and report the alarm (exit code 1 without --watch). retrain: also run the "
+        "pipeline on the original data mixed with curated logged requests; the result enters as a canary.",
+    )
+    watch_every_s: float = Field(
+        3600.0, gt=0, description="Seconds between checks with `tuneforge monitor --watch`."
+    )
+    retrain: MonitorRetrainConfig = Field(
+        default_factory=MonitorRetrainConfig, description="What monitor.on_drift=retrain trains on and how it deploys."
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> MonitorConfig:
+        import re
+
+        problems = []
+        alpha = self.thresholds.embedding_alpha
+        if 1.0 / (self.permutations + 1) >= alpha:
+            problems.append(
+                f"monitor.permutations={self.permutations} cannot give a p-value below "
+                f"monitor.thresholds.embedding_alpha={alpha:g} (the smallest is 1/(permutations+1)); "
+                f"use at least {int(2 / alpha)} permutations"
+            )
+        for pattern in self.refusal_patterns:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                problems.append(f"monitor.refusal_patterns: {pattern!r} is not a regular expression ({exc})")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+
+class AbConfig(_Section):
+    control: str = Field(
+        "production", description="Variant (alias or version) the others are compared with in `tuneforge ab report`."
+    )
+    primary_metric: Literal["auto", "feedback", "error_rate", "json_valid", "schema_valid", "latency_s"] = Field(
+        "auto",
+        description="Metric the recommendation rests on. auto: feedback when both variants have some, else "
+        "json_valid when the model answers in JSON (eval.json_fields or a suite schema), else error_rate.",
+    )
+    alpha: float = Field(
+        0.05, gt=0, lt=1,
+        description="False-positive rate of the anytime-valid (mSPRT) test; holds however often the report is read.",
+    )
+    mixture_sd: float = Field(
+        0.2, gt=0,
+        description="Standard deviation of the mSPRT's normal mixture, in standard deviations of the metric: "
+        "the effect size the test is most sensitive to.",
+    )
+    noninferiority_margin: float = Field(
+        0.02, ge=0,
+        description="Promote also when the anytime-valid interval rules out the candidate being worse on the "
+        "primary metric by more than this (in the metric's units: 0.02 = 2 points of a rate).",
+    )
+    burn_in: int = Field(
+        20, ge=2, description="Observations per variant before the sequential test starts counting looks."
+    )
+    judge_sample: int = Field(
+        20, ge=0,
+        description="Logged responses per variant scored by eval.judge (when eval.judge.url is set; 0 = none).",
+    )
+
+
+class GuardrailsConfig(_Section):
+    candidate: str = Field(
+        "canary", description="Alias whose traffic is guarded (the one `tuneforge run` deploys with deploy.canary)."
+    )
+    error_rate_max: float | None = Field(
+        None, ge=0, le=1,
+        description="Breach when more than this share of the candidate's requests fail with a server error "
+        "(status >= 500). None: not checked.",
+    )
+    p95_latency_s_max: float | None = Field(
+        None, gt=0, description="Breach when the candidate's 95th-percentile latency exceeds this (seconds)."
+    )
+    json_valid_min: float | None = Field(
+        None, ge=0, le=1, description="Breach when fewer than this share of the candidate's responses are valid JSON."
+    )
+    feedback_min: float | None = Field(
+        None, ge=0, le=1,
+        description="Breach when the candidate's mean feedback score (0-1, from POST /v1/feedback) is below this.",
+    )
+    compare: Literal["absolute", "relative"] = Field(
+        "absolute",
+        description="absolute: the values above are limits. relative: they are margins over production in the "
+        "same window (error_rate_max=0.02: at most 2 points more errors than production; json_valid_min=0.05: "
+        "at most 5 points less valid JSON).",
+    )
+    min_requests: int = Field(
+        20, ge=1, description="A rule is evaluated only once it has this many of the candidate's requests."
+    )
+    window_s: float = Field(
+        3600.0, gt=0, description="Only requests from the last this-many seconds count."
+    )
+    check_every_s: float = Field(
+        30.0, gt=0,
+        description="Seconds between checks inside `tuneforge serve` (and `tuneforge ab guard --watch`). A "
+        "breach routes all of the model's traffic to production, removes the candidate alias (audited, "
+        "with the reason) and is recorded in <workspace>/monitor/guardrails.jsonl.",
+    )
+
+
 class TuneforgeConfig(_Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
@@ -723,6 +970,9 @@ class TuneforgeConfig(_Section):
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
     deploy: DeployConfig = Field(default_factory=DeployConfig)
+    monitor: MonitorConfig = Field(default_factory=MonitorConfig)
+    ab: AbConfig = Field(default_factory=AbConfig)
+    guardrails: GuardrailsConfig = Field(default_factory=GuardrailsConfig)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from rich.text import Text
 if TYPE_CHECKING:
     from tuneforge.data import Inspection, PreparedDataset
     from tuneforge.models import ModelEntry
+    from tuneforge.monitor.monitor import MonitorResult
     from tuneforge.pipeline import PipelineResult
     from tuneforge.quickstart import QuickstartResult
     from tuneforge.train import TrainProgress, TrainResult
@@ -309,3 +310,32 @@ def quickstart_summary(result: QuickstartResult) -> None:
     out.print(timings)
     if result.report_html:
         out.print(f"report → {result.report_html}")
+
+
+def monitor_summary(result: MonitorResult, report: Any = None) -> None:
+    w = result.window
+    table = Table(title=f"tuneforge monitor · {result.version or result.model} · {w.get('requests', 0)} requests "
+                  f"vs {result.reference.get('rows', 0)} reference prompts")
+    for col in ("check", "status", "value", "threshold", "p-value", "baseline", "n"):
+        table.add_column(col, justify="left" if col in ("check", "status") else "right", no_wrap=True)
+    table.add_column("detail")
+    colours = {"ok": "green", "alarm": "bold red", "skipped": "dim"}
+
+    def f(v: float | None) -> str:
+        return "–" if v is None else f"{v:.4g}"
+
+    for c in result.checks:
+        table.add_row(c.name, f"[{colours.get(c.status, 'white')}]{c.status}[/]", f(c.value), f(c.threshold),
+                      f(c.p_value), f(c.baseline), str(c.n), escape(c.detail))
+    out.print(table)
+    verdict = "[bold red]ALARM[/]" if result.alarm else "[green]no drift[/]"
+    out.print(f"{verdict}; validity baseline: {escape(result.baseline)}")
+    if result.retrain:
+        rt = result.retrain
+        if rt.get("status") == "ran":
+            out.print(f"retrain: [green]{rt.get('version')}[/] is the canary at {rt.get('canary_share'):g}% "
+                      f"({rt.get('logged_rows')} logged rows mixed in)")
+        else:
+            out.print(f"retrain: [red]{rt.get('status')}[/]: {escape(str(rt.get('reason')))}")
+    if report is not None:
+        out.print(f"report → {report}")

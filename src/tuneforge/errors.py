@@ -62,3 +62,11 @@ class RegistryError(TuneforgeError):
 
 class IntegrityError(RegistryError):
     """A registered file is missing, not allowed, or does not match its recorded sha256."""
+
+
+class MonitorError(TuneforgeError):
+    """Drift monitoring cannot run: no reference data, or a retrain trigger has nothing to train on."""
+
+
+class AbError(TuneforgeError):
+    """An A/B report or guardrail check cannot run: no such model, no traffic, a bad duration."""

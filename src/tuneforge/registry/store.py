@@ -311,6 +311,21 @@ class Registry:
                 self.client.set_registered_model_alias(name, alias, str(previous))
         return entry
 
+    def demote(self, name: str, alias: str, reason: str, evidence: dict[str, Any] | None = None) -> AuditEntry | None:
+        """Remove ``alias`` (e.g. a failing canary) so it serves nothing; audited with ``reason``.
+        Taking a version out of service needs no eval evidence. None when the alias is not set."""
+        _check_alias(alias)
+        if not (reason and reason.strip()):
+            raise RegistryError("a demotion needs a reason", where=f"{name}@{alias}", fix="say why: reason=TEXT")
+        with self.lock(name):
+            current = self._alias_target(name, alias)
+            if current is None:
+                return None
+            with self.audit.append(model=name, alias=alias, from_version=current, to_version=None,
+                                   action="demote", reason=reason, evidence=evidence or {}) as entry:
+                self.client.delete_registered_model_alias(name, alias)
+        return entry
+
     # ------------------------------------------------------------------ internals
 
     def _registered(self, name: str) -> Any:

@@ -38,7 +38,7 @@ from tuneforge.serve.openai_schema import ChatCompletionRequest, CompletionReque
 from tuneforge.serve.ratelimit import RateLimiter
 from tuneforge.serve.render import Renderer
 from tuneforge.serve.requestlog import LogRecord, RequestLog, user_hash
-from tuneforge.serve.routing import Policy, Router, persist
+from tuneforge.serve.routing import Policy, Router, load_persisted, persist
 
 log = logging.getLogger("tuneforge.serve")
 
@@ -56,6 +56,7 @@ class ServeSettings:
     registry_poll_s: float | None = 5.0
     shutdown_timeout_s: float = 30.0
     routes_file: Path | None = None  # where runtime policy changes are persisted
+    guardian: Any = None  # tuneforge.monitor.guardrails.Guardian: rolls back a canary that breaches a guardrail
 
 
 @dataclass
@@ -197,7 +198,7 @@ class Gateway:
 
     def finish(self, *, rid: str, endpoint: str, key: KeyInfo, user: str | None, requested: str,
                target: Target | None, out: _Outcome | None, prompt: str | None, status: int,
-               error: str | None = None, shadow: bool = False) -> None:
+               error: str | None = None, shadow: bool = False, messages: str | None = None) -> None:
         s = self.settings
         prompt_tokens = out.prompt_tokens if out else 0
         completion_tokens = out.completion_tokens if out else 0
@@ -232,7 +233,7 @@ class Gateway:
             finish_reason=",".join(finish_reasons) or None,
             cost=prompt_tokens / 1000 * s.price_per_1k_prompt_tokens
             + completion_tokens / 1000 * s.price_per_1k_completion_tokens,
-            error=error,
+            error=error, messages=messages,
         )
         try:
             self.request_log.write(rec)
@@ -315,6 +316,28 @@ def create_app(settings: ServeSettings, engine: Engine, catalog: Catalog, *, rou
                request_log: RequestLog | None = None, metrics: ServeMetrics | None = None) -> Any:
     gw = Gateway(settings, engine, catalog, router or Router(), request_log, metrics or ServeMetrics())
 
+    routes_seen: dict[str, Any] = {}
+
+    def sync_routes() -> None:
+        """Apply policy changes other processes wrote to routes.json (`tuneforge run` deploying a
+        canary, `monitor` retraining, `ab guard`), so the loop closes without a restart."""
+        path = settings.routes_file
+        if path is None:
+            return
+        text = path.read_text() if path.is_file() else "{}"
+        if text == routes_seen.get("text"):
+            return
+        before = routes_seen.get("policies", {})
+        policies = load_persisted(path)
+        for name in before.keys() - policies.keys():
+            gw.router.set_policy(name, None)
+        for name, policy in policies.items():
+            current = gw.router.policy(name)
+            if current is None or current.to_dict() != policy.to_dict():
+                gw.router.set_policy(name, policy)
+                log.info("routes.json changed: %s → %s", name, policy.to_dict()["weights"])
+        routes_seen.update(text=text, policies=policies)
+
     async def poll_registry() -> None:
         while True:
             await asyncio.sleep(settings.registry_poll_s or 5.0)
@@ -323,19 +346,30 @@ def create_app(settings: ServeSettings, engine: Engine, catalog: Catalog, *, rou
                     log.info("registry changed; now serving %s", ", ".join(catalog.all_names()))
             except Exception:  # a registry hiccup must not stop serving what is known
                 log.exception("registry refresh failed")
+            try:
+                await asyncio.to_thread(sync_routes)
+            except Exception:  # a half-edited routes.json keeps the policies already in force
+                log.exception("routes.json could not be read; keeping the current policies")
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Any) -> AsyncIterator[None]:
         gw.loop = asyncio.get_running_loop()
         await engine.start()
         gw.metrics.watch_engine(engine)
+        if settings.routes_file is not None:  # what the server started with is not a change
+            routes_seen.update(text=settings.routes_file.read_text() if settings.routes_file.is_file() else "{}",
+                               policies=load_persisted(settings.routes_file))
         poller = asyncio.create_task(poll_registry()) if settings.registry_poll_s else None
+        guard = (asyncio.create_task(settings.guardian.watch(gw.router, settings.routes_file, catalog.refresh))
+                 if settings.guardian is not None else None)
         try:
             yield
         finally:
             gw.accepting = False
             if poller:
                 poller.cancel()
+            if guard:
+                guard.cancel()
             deadline = time.monotonic() + settings.shutdown_timeout_s
             while (gw.inflight or gw.background) and time.monotonic() < deadline:
                 await asyncio.sleep(0.05)
@@ -457,6 +491,9 @@ def create_app(settings: ServeSettings, engine: Engine, catalog: Catalog, *, rou
         body = _validate(ChatCompletionRequest if chat else CompletionRequest, await _json_body(request))
         user = body.user or request.headers.get(USER_HEADER)
         target, shadows = gw.route(body.model, user)
+        # kept with the log row so a conversation can be rebuilt for retraining
+        messages = json.dumps([m.model_dump(exclude_none=True) for m in body.messages],
+                              ensure_ascii=False) if chat else None
 
         json_mode = False
         logprobs, top = False, 0
@@ -504,7 +541,7 @@ def create_app(settings: ServeSettings, engine: Engine, catalog: Catalog, *, rou
             gw.inflight -= 1
             status = exc.status if isinstance(exc, EngineError) else 500
             gw.finish(rid=rid, endpoint=endpoint, key=key, user=user, requested=body.model, target=target,
-                      out=None, prompt=prompt, status=status, error=str(exc))
+                      out=None, prompt=prompt, status=status, error=str(exc), messages=messages)
             raise
         headers = {"x-tuneforge-variant": target.variant,
                    "x-tuneforge-version": str(target.version.version) if target.version else "base"}
@@ -529,7 +566,7 @@ def create_app(settings: ServeSettings, engine: Engine, catalog: Catalog, *, rou
             finally:
                 gw.inflight -= 1
                 gw.finish(rid=rid, endpoint=endpoint, key=key, user=user, requested=body.model, target=target,
-                          out=out, prompt=prompt, status=status, error=error)
+                          out=out, prompt=prompt, status=status, error=error, messages=messages)
             choices = []
             for i in range(body.n):
                 lp = fmt_logprobs(out.logprobs.get(i, [])) if logprobs else None
@@ -606,7 +643,7 @@ def create_app(settings: ServeSettings, engine: Engine, catalog: Catalog, *, rou
             released = True
             gw.inflight -= 1
             gw.finish(rid=rid, endpoint=endpoint, key=key, user=user, requested=body.model, target=target,
-                      out=out, prompt=prompt, status=status, error=error)
+                      out=out, prompt=prompt, status=status, error=error, messages=messages)
             # last: inside a cancelled scope this await is itself cancelled, and the bookkeeping is done
             with contextlib.suppress(Exception):
                 await stream.aclose()
@@ -643,6 +680,13 @@ def create_app(settings: ServeSettings, engine: Engine, catalog: Catalog, *, rou
     @app.post("/v1/completions")
     async def completions(request: Request) -> Any:
         return await generate(request, chat=False)
+
+    @app.post("/v1/feedback")
+    async def feedback(request: Request) -> Any:
+        from tuneforge.serve.feedback import record_feedback
+
+        key = settings.keys.authenticate(request.headers.get("authorization"))
+        return await asyncio.to_thread(record_feedback, request_log, key, await _json_body(request))
 
     # -- admin -------------------------------------------------------------------------------
 

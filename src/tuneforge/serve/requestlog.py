@@ -1,8 +1,10 @@
 """The request log: one SQLite row per request (and per shadow request), bounded by deleting the oldest.
 
 It records the key id (never the key), a hash of the user, the model asked for, the version and
-variant that served it, text (optionally PII-redacted), tokens, latencies, finish reason and an
-estimated cost, so A/B analysis and retraining can read it back (`tuneforge logs --export`).
+variant that served it, text (optionally PII-redacted; chat requests also keep their messages as
+JSON so a conversation can be rebuilt), tokens, latencies, finish reason and an estimated cost, so
+A/B analysis and retraining can read it back (`tuneforge logs --export`). User feedback
+(`POST /v1/feedback`) is kept in a second table of the same database, keyed by request id.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ import hashlib
 import json
 import sqlite3
 import threading
+import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -54,12 +58,29 @@ class LogRecord:
     finish_reason: str | None = None
     cost: float = 0.0
     error: str | None = None
+    messages: str | None = None  # the chat request's messages as JSON (None for /v1/completions)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class FeedbackRow:
+    """One piece of user feedback on a logged request; ``score`` is normalised to [0, 1]."""
+
+    id: str
+    request_id: str
+    time: float
+    key_id: str
+    score: float
+    comment: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
 _COLUMNS = [f.name for f in fields(LogRecord)]
+_FEEDBACK_COLUMNS = [f.name for f in fields(FeedbackRow)]
 _TYPES = {"time": "REAL", "ttft_s": "REAL", "latency_s": "REAL", "queue_s": "REAL", "cost": "REAL",
           "status": "INTEGER", "prompt_tokens": "INTEGER", "completion_tokens": "INTEGER",
           "shadow": "INTEGER"}
@@ -76,9 +97,21 @@ class RequestLog:
         self._lock = threading.Lock()
         self._conn = sqlite3.connect(str(path), check_same_thread=False, timeout=30)
         self._conn.execute("PRAGMA journal_mode=WAL")
+        # In WAL mode NORMAL cannot corrupt the database; a power cut may lose the last few rows, which
+        # a request log can afford, and each request no longer waits for an fsync.
+        self._conn.execute("PRAGMA synchronous=NORMAL")
         cols = ", ".join(f"{c} {_TYPES.get(c, 'TEXT')}" for c in _COLUMNS)
         self._conn.execute(f"CREATE TABLE IF NOT EXISTS requests (seq INTEGER PRIMARY KEY AUTOINCREMENT, {cols})")
+        # A database written before a column existed gets it added (NULL in the old rows).
+        have = set(_columns(self._conn, "requests"))
+        for c in _COLUMNS:
+            if c not in have:
+                self._conn.execute(f"ALTER TABLE requests ADD COLUMN {c} {_TYPES.get(c, 'TEXT')}")
         self._conn.execute("CREATE INDEX IF NOT EXISTS requests_model ON requests (model_requested)")
+        self._conn.execute("CREATE INDEX IF NOT EXISTS requests_rid ON requests (request_id)")
+        self._conn.execute("CREATE TABLE IF NOT EXISTS feedback (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT, "
+                           "request_id TEXT, time REAL, key_id TEXT, score REAL, comment TEXT)")
+        self._conn.execute("CREATE INDEX IF NOT EXISTS feedback_rid ON feedback (request_id)")
         self._conn.commit()
         self._since_trim = 0
         self._trim_every = max(1, min(_TRIM_EVERY, max_rows // 10))
@@ -95,11 +128,13 @@ class RequestLog:
     def write(self, rec: LogRecord) -> None:
         row = rec.to_dict()
         if not self.store_text:
-            row["prompt"] = row["response"] = None
+            row["prompt"] = row["response"] = row["messages"] = None
         elif self._redactor is not None:
             for k in ("prompt", "response"):
                 if row[k]:
                     row[k] = self._redactor.redact(row[k])[0]
+            if row["messages"]:
+                row["messages"] = self._redact_messages(row["messages"])
         row["shadow"] = int(row["shadow"])
         with self._lock:
             self._conn.execute(
@@ -111,10 +146,48 @@ class RequestLog:
                 self._trim()
             self._conn.commit()
 
+    def _redact_messages(self, raw: str) -> str:
+        try:
+            messages = json.loads(raw)
+        except ValueError:
+            return str(self._redactor.redact(raw)[0])
+        for m in messages if isinstance(messages, list) else []:
+            if isinstance(m, dict) and isinstance(m.get("content"), str):
+                m["content"] = self._redactor.redact(m["content"])[0]
+        return json.dumps(messages, ensure_ascii=False)
+
+    def find_request(self, request_id: str) -> dict[str, Any] | None:
+        """The logged (non-shadow) request with this id; None when it is not in the log."""
+        with self._lock:
+            values = self._conn.execute(
+                f"SELECT {', '.join(_COLUMNS)} FROM requests WHERE request_id = ? AND shadow = 0 "
+                "ORDER BY seq DESC LIMIT 1", (request_id,)).fetchone()
+        return _row(values) if values else None
+
+    def write_feedback(self, request_id: str, key_id: str, score: float, comment: str | None = None) -> FeedbackRow:
+        """Store feedback on a logged request (``score`` already normalised to [0, 1])."""
+        if not 0.0 <= score <= 1.0:
+            raise ValueError(f"score must be in [0, 1], got {score}")
+        # a comment is free text like a prompt: kept only where text is, and redacted the same way
+        if not self.store_text:
+            comment = None
+        elif comment and self._redactor is not None:
+            comment = self._redactor.redact(comment)[0]
+        fb = FeedbackRow(f"fb-{uuid.uuid4().hex}", request_id, time.time(), key_id, float(score), comment)
+        with self._lock:
+            self._conn.execute(
+                f"INSERT INTO feedback ({', '.join(_FEEDBACK_COLUMNS)}) VALUES "
+                f"({', '.join('?' * len(_FEEDBACK_COLUMNS))})", [getattr(fb, c) for c in _FEEDBACK_COLUMNS])
+            self._conn.commit()
+        return fb
+
     def _trim(self) -> None:
         self._since_trim = 0
         self._conn.execute(
             "DELETE FROM requests WHERE seq <= (SELECT MAX(seq) FROM requests) - ?", (self.max_rows,)
+        )
+        self._conn.execute(
+            "DELETE FROM feedback WHERE seq <= (SELECT MAX(seq) FROM feedback) - ?", (self.max_rows,)
         )
 
     def flush(self) -> None:
@@ -129,27 +202,72 @@ class RequestLog:
             self._conn.close()
 
 
+def _columns(conn: sqlite3.Connection, table: str) -> list[str]:
+    return [r[1] for r in conn.execute(f"PRAGMA table_info({table})")]
+
+
+def _row(values: Any) -> dict[str, Any]:
+    row = dict(zip(_COLUMNS, values, strict=True))
+    row["shadow"] = bool(row["shadow"])
+    if row["messages"]:
+        try:
+            row["messages"] = json.loads(row["messages"])
+        except ValueError:
+            row["messages"] = None
+    return row
+
+
 def read_log(path: Path, *, limit: int | None = None, model: str | None = None,
-             newest_first: bool = True) -> Iterator[dict[str, Any]]:
-    """Rows as dicts (``model`` matches the name asked for or served, with or without @version)."""
+             newest_first: bool = True, since: float | None = None) -> Iterator[dict[str, Any]]:
+    """Rows as dicts (``model`` matches the name asked for or served, with or without @version;
+    ``since`` keeps rows logged at or after that epoch time). ``messages`` is the chat request's
+    message list (None for completions and for rows logged before messages were recorded)."""
     if not path.is_file():
         return
     conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
-        sql = f"SELECT {', '.join(_COLUMNS)} FROM requests"
+        have = set(_columns(conn, "requests"))  # a database from an older version lacks new columns
+        cols = [c if c in have else f"NULL AS {c}" for c in _COLUMNS]
+        sql = f"SELECT {', '.join(cols)} FROM requests"
+        where: list[str] = []
         args: list[Any] = []
         if model:
-            sql += (" WHERE model_requested = ? OR model_served = ? OR model_requested LIKE ? "
-                    "OR model_served LIKE ?")
+            where.append("(model_requested = ? OR model_served = ? OR model_requested LIKE ? "
+                         "OR model_served LIKE ?)")
             args += [model, model, f"{model}@%", f"{model}@%"]
+        if since is not None:
+            where.append("time >= ?")
+            args.append(since)
+        if where:
+            sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY seq " + ("DESC" if newest_first else "ASC")
         if limit:
             sql += " LIMIT ?"
             args.append(limit)
         for values in conn.execute(sql, args):
-            row = dict(zip(_COLUMNS, values, strict=True))
-            row["shadow"] = bool(row["shadow"])
-            yield row
+            yield _row(values)
+    finally:
+        conn.close()
+
+
+def read_feedback(path: Path, *, since: float | None = None) -> dict[str, FeedbackRow]:
+    """Feedback by request id (the latest when a request got several); empty without any."""
+    if not path.is_file():
+        return {}
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        if not _columns(conn, "feedback"):  # a log written before feedback existed
+            return {}
+        sql = f"SELECT {', '.join(_FEEDBACK_COLUMNS)} FROM feedback"
+        args: list[Any] = []
+        if since is not None:
+            sql += " WHERE time >= ?"
+            args.append(since)
+        out: dict[str, FeedbackRow] = {}
+        for values in conn.execute(sql + " ORDER BY seq ASC", args):
+            fb = FeedbackRow(*values)
+            out[fb.request_id] = fb
+        return out
     finally:
         conn.close()
 

@@ -106,9 +106,19 @@ def build_app(cfg: Any, ws: Workspace | None = None, *, engine: Any = None, engi
         price_per_1k_prompt_tokens=s.price_per_1k_prompt_tokens,
         price_per_1k_completion_tokens=s.price_per_1k_completion_tokens,
         registry_poll_s=s.registry_poll_s, shutdown_timeout_s=s.shutdown_timeout_s, routes_file=routes_file,
+        guardian=_guardian(cfg, ws),
     )
     engine = engine or make_engine(engine_kind or s.engine, base_ref, ws, cfg)
     return create_app(settings, engine, catalog, router=Router(policies), request_log=request_log)
+
+
+def _guardian(cfg: Any, ws: Workspace) -> Any:
+    """The canary guardrail check (tuneforge.monitor.guardrails), when guardrails are configured."""
+    if getattr(cfg, "guardrails", None) is None:
+        return None
+    from tuneforge.monitor.guardrails import Guardian
+
+    return Guardian.from_config(cfg, ws)
 
 
 def bind_host(cfg: Any, host: str | None, auth: bool) -> tuple[str, list[str]]:

@@ -1,0 +1,1 @@
+"""Production feedback loop: A/B analysis, guardrails, drift statistics and retrain triggers."""
