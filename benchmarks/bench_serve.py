@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -185,6 +186,75 @@ Runner = Callable[..., Awaitable[Measurement]]
 RUNNERS: dict[str, Runner] = {}
 
 
+# -- vLLM columns (--vllm): our gateway over the vllm engine, and vLLM's own server alone ------------
+
+
+async def drive_http(url: str, api_key: str, system: str, prompts: list[str], adapters: list[str | None],
+                     concurrency: int, max_tokens: int, base_name: str) -> Measurement:
+    """Closed loop over HTTP with the openai SDK: streamed completions of the already-rendered prompts,
+    so the gateway and vLLM alone do the same work."""
+    import openai
+
+    client = openai.AsyncOpenAI(base_url=url + "/v1", api_key=api_key, max_retries=0, timeout=600)
+    queue = list(enumerate(prompts))
+    ttft: list[float] = []
+    e2e: list[float] = []
+    tokens = 0
+
+    async def one_client() -> None:
+        nonlocal tokens
+        while queue:
+            i, prompt = queue.pop(0)
+            start = time.perf_counter()
+            first = None
+            stream = await client.completions.create(
+                model=adapters[i % len(adapters)] or base_name, prompt=prompt, max_tokens=max_tokens,
+                temperature=0.0, stream=True, stream_options={"include_usage": True})
+            async for chunk in stream:
+                if first is None and chunk.choices and chunk.choices[0].text:
+                    first = time.perf_counter() - start
+                if chunk.usage is not None:
+                    tokens += chunk.usage.completion_tokens
+            e2e.append(time.perf_counter() - start)
+            ttft.append(first or 0.0)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(one_client() for _ in range(concurrency)))
+    await client.close()
+    return measurement(system, len({a for a in adapters if a}), concurrency, ttft, e2e, tokens,
+                       time.perf_counter() - started)
+
+
+def vllm_runners(ws: Any, made: list[tuple[str, Path]], stack: Any) -> dict[str, Runner]:
+    """Start the gateway with --engine vllm (closed by ``stack``) and return two runners: through the
+    gateway ("gateway-vllm") and straight to the vLLM server it manages ("vllm-alone"). The
+    difference of their e2e p50 is what the gateway adds."""
+    from tuneforge.config import load_config
+    from tuneforge.serve.server import ServerThread, build_app
+
+    cfg = load_config(None, [f"model.base={BASE}", "serve.engine=vllm", "serve.request_log.enabled=false",
+                             "serve.max_concurrent_requests=256", "serve.vllm.max_num_seqs=16"])
+    cfg.serve.adapters = {name.split("@")[0]: str(path) for name, path in made}  # served as NAME@1
+    key = "sk-bench"
+    server = ServerThread(build_app(cfg, ws, environ={"TUNEFORGE_API_KEY": key}), cfg).start(timeout=900)
+    stack.callback(server.stop)
+    engine = server.app.state.gateway.engine
+    base_name = engine.base_model
+
+    async def through_gateway(prompts: list[str], names: list[str | None], c: int, max_tokens: int) -> Measurement:
+        await drive_http(server.url, key, "warmup", prompts[:c], names, c, 4, base_name)  # loads the adapters
+        m = await drive_http(server.url, key, "gateway-vllm", prompts, names, c, max_tokens, base_name)
+        print(m, file=sys.stderr)
+        return m
+
+    async def vllm_alone(prompts: list[str], names: list[str | None], c: int, max_tokens: int) -> Measurement:
+        m = await drive_http(engine.process.url, "unused", "vllm-alone", prompts, names, c, max_tokens, base_name)
+        print(m, file=sys.stderr)
+        return m
+
+    return {"gateway-vllm": through_gateway, "vllm-alone": vllm_alone}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
@@ -197,6 +267,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0,
                         help="torch threads (0 = torch's default); 1 avoids OpenMP spin contention on a busy machine")
     parser.add_argument("--no-baseline", action="store_true")
+    parser.add_argument("--vllm", action="store_true",
+                        help="also measure the gateway over the vllm engine and vLLM alone (needs `make vllm-env`)")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "bench_serve.json")
     args = parser.parse_args()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -224,8 +296,11 @@ async def run(args: argparse.Namespace) -> list[Measurement]:
     resolved = resolve_model(BASE, ws)
     tokenizer = load_tokenizer(resolved)
     results: list[Measurement] = []
-    with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp, contextlib.ExitStack() as stack:
         made = make_adapters(resolved.path, ws, Path(tmp), max(args.adapters))
+        runners = dict(RUNNERS)
+        if args.vllm:
+            runners.update(vllm_runners(ws, made, stack))
         engine = LocalEngine(BASE, workspace=ws, dtype=args.dtype, max_batch=args.max_batch,
                              max_loaded_adapters=max(1, max(args.adapters)))
         await engine.start()
@@ -245,7 +320,7 @@ async def run(args: argparse.Namespace) -> list[Measurement]:
                 m = await drive_engine(engine, "local", prompts, names, c, args.max_tokens)
                 results.append(m)
                 print(m, file=sys.stderr)
-                for runner in RUNNERS.values():
+                for runner in runners.values():
                     results.append(await runner(prompts, names, c, args.max_tokens))
         await engine.stop()
     return results

@@ -50,7 +50,7 @@ def make_engine(kind: str, base: str, ws: Workspace, cfg: Any) -> Any:
             from tuneforge.serve.engines.vllm import VllmEngine  # type: ignore[import-not-found]
         except ImportError as exc:
             raise ServeError(f"the vllm engine is not available here ({exc})", where="serve.engine",
-                             fix="install vllm on a CUDA machine, or use --engine local") from None
+                             fix="run `make vllm-env` (or point serve.vllm.python at a vLLM install), or use --engine local") from None
         return VllmEngine(base, workspace=ws, cfg=cfg)
     raise ServeError(f"unknown engine '{kind}'", where="serve.engine", fix="use local or vllm")
 
