@@ -246,3 +246,23 @@ def test_batched_band_keys_equal_per_row_keys() -> None:
     b[index.rows_per_band : 2 * index.rows_per_band] = a[index.rows_per_band : 2 * index.rows_per_band]
     ka, kb = index.band_keys(a)[0], index.band_keys(b)[0]
     assert ka[1] == kb[1] and (ka != kb).sum() == index.bands - 1  # only the shared band collides
+
+
+def test_index_answers_like_a_brute_force_search() -> None:
+    # Few distinct band keys force long chains and shared buckets; the answer must still be the
+    # earliest indexed row that shares a band key and passes the threshold.
+    rng = np.random.default_rng(12)
+    index = NearDuplicateIndex(0.8)
+    bases = rng.integers(0, 2**32, size=(40, 128), dtype=np.uint32)
+    kept: list[tuple[str, np.ndarray, np.ndarray]] = []
+    for i in range(2000):
+        sig = bases[rng.integers(0, 40)].copy()
+        flip = rng.random(128) < rng.choice([0.02, 0.3, 0.9])
+        sig[flip] = rng.integers(0, 2**32, size=int(flip.sum()), dtype=np.uint32)
+        keys = rng.integers(0, 50, size=index.bands, dtype=np.uint32)
+        expected = next((name for name, s, k in kept
+                         if (k == keys).any() and np.count_nonzero(s == sig) / 128 >= 0.8), None)
+        assert index.add_or_match(f"r{i}", sig, keys) == expected, i
+        if expected is None:
+            kept.append((f"r{i}", sig, keys))
+    assert len(index) == len(kept) > 40

@@ -259,3 +259,74 @@ def test_workers_do_not_change_the_result(tmp_path: Path, tiny_model_dir: Path) 
 def test_reject_reason_names_are_stable() -> None:
     assert RejectReason.NEAR_DUPLICATE == "near_duplicate"
     assert len(set(REASONS)) == len(REASONS) >= 15
+
+
+def _golden_input(path: Path) -> Path:
+    """Seeded rows of every kind the data stage treats differently, as JSON Lines."""
+    import random
+
+    rng = random.Random(11)
+    words = ["refund", "invoice", "login", "crash", "export", "ünïcödé", "東京", "straße", "slow", "error"]
+    pii = ["mail jane.doe@example.com", "call me on 020 7946 0958", "card 4111 1111 1111 1111", "ip 10.0.3.7",
+           "see https://status.example.com/x", ""]
+    lines: list[str] = []
+    for i in range(400):
+        text = f"Ticket {i}: " + " ".join(rng.choice(words) for _ in range(rng.randint(3, 40))) + " " + rng.choice(pii)
+        r = rng.random()
+        if r < 0.55:
+            row = chat(text, json.dumps({"category": rng.choice(words)}), "Classify the ticket." if i % 3 else None)
+        elif r < 0.65:
+            row = {"conversations": [{"from": "human", "value": text}, {"from": "gpt", "value": "ok " + text[:20]}]}
+        elif r < 0.72:
+            row = {"instruction": text, "input": "", "output": "done"}
+        elif r < 0.78:
+            row = {"prompt": [{"role": "user", "content": text}], "chosen": [{"role": "assistant", "content": "A"}],
+                   "rejected": [{"role": "assistant", "content": "B " + text[:30]}]}
+        elif r < 0.82:
+            row = {"text": text}
+        elif r < 0.85:
+            row = chat(text * 40, "too long")
+        elif r < 0.88 and lines:
+            lines.append(rng.choice(lines))  # an exact duplicate
+            continue
+        elif r < 0.91:
+            long = f"Ticket {i}: " + " ".join(rng.choice(words) for _ in range(60))
+            lines.append(json.dumps(chat(long, "first")))
+            lines.append(json.dumps(chat(long + " thanks", "second")))  # a near-duplicate of it
+            continue
+        elif r < 0.93:
+            lines.append(rng.choice(["{broken", "[1, 2]", "", "null"]))
+            continue
+        else:
+            row = {"messages": [{"role": "assistant", "content": text}]}
+        lines.append(json.dumps(row, ensure_ascii=rng.random() < 0.5))
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+# sha256 (first 16 hex digits) of each output file, as the data stage wrote them before its
+# throughput work (tuneforge commit 877c385, a row at a time through transformers): the
+# optimised path must write the same bytes.
+GOLDEN = {
+    "train.jsonl": "f8148017fb5ed2c9",
+    "val.jsonl": "0fa8b30c28cb6261",
+    "test.jsonl": "527d1dd04945ec14",
+    "rejected.jsonl": "f6d3b6404903a4f1",
+}
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_output_bytes_are_pinned(tmp_path: Path, tiny_model_dir: Path, workers: str,
+                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    import hashlib
+
+    monkeypatch.chdir(tmp_path)  # rows record their source path; a relative one keeps the bytes fixed
+    src = _golden_input(Path("golden.jsonl"))
+    cfg = load_config(None, [f"model.base={tiny_model_dir}", "data.pii.mode=redact", "data.dedup.near=true",
+                             "data.max_tokens=512", f"data.workers={workers}", "data.chunk_size=64"])
+    ds = prepare(cfg, [str(src)], out=tmp_path / "out", workspace=Workspace.from_env(tmp_path / "ws"))
+    got = {name: hashlib.sha256((ds.path / name).read_bytes()).hexdigest()[:16] for name in GOLDEN}
+    c = ds.counts["rejected_by_reason"]
+    assert {"exact_duplicate", "near_duplicate", "too_many_tokens", "invalid_json"} <= set(c)
+    assert ds.manifest["pii"]["rows_with_findings"] > 0
+    assert got == GOLDEN

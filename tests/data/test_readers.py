@@ -151,6 +151,24 @@ ARRAY_ROWS = [
 ]
 
 
+def test_unparsed_jsonl_chunks_parse_to_the_rows_read_rows_gives(tmp_path: Path) -> None:
+    # data prepare sends JSON Lines chunks unparsed to its workers; they must read the same rows.
+    from tuneforge.data._jsonl import read_jsonl_lines
+
+    path = tmp_path / "mixed.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + b"\r\n".join([
+        b'{"a": 1}', b"", b"   ", b'{"b": "\xc3\xa9\xe2\x80\xa8x"}', b"{broken", b"[1, 2]", b"\xff\xfe not utf-8",
+        b'"just a string"', b'{"c": null}  ', b"\n", b'{"d": [1, {"e": 2}]}',
+    ]))
+    for size in (1, 3, 2000):
+        chunks = list(read_jsonl_lines(path, size))
+        assert [len(c) for c in chunks] == [len(c) for c in read_rows(path, size)]
+        assert [r for c in chunks for r in c.parse()] == read_all(path, size)
+    assert any(r.error for r in read_all(path)) and read_all(path)[0].value == {"a": 1}
+    with pytest.raises(ValueError, match="chunk_size"):
+        next(read_jsonl_lines(path, 0))
+
+
 @pytest.mark.parametrize("indent", [None, 2])
 @pytest.mark.parametrize("block", [1, 2, 3, 5, 8, 13, 1 << 20])
 def test_json_array_values_and_lines(

@@ -23,6 +23,7 @@ from typing import Any
 
 import tuneforge
 from tuneforge.config import DataConfig, TuneforgeConfig
+from tuneforge.data._jsonl import LineChunk
 from tuneforge.data._process import ChunkProcessor, ChunkResult, Kept, ProcessSpec, init_worker, run_in_worker
 from tuneforge.data._split import SPLITS, mix_rank
 from tuneforge.data._stats import token_stats
@@ -140,7 +141,7 @@ def prepare(
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
-        manifest = _run(cfg, dcfg, specs, eval_files, model, contract, tmp, input_key, progress)
+        manifest = _run(cfg, dcfg, specs, eval_files, model, tokenizer, contract, tmp, input_key, progress)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -254,14 +255,27 @@ def _count_rows(spec: _Input) -> int | None:
     return None
 
 
-def _chunks_with_format(spec: _Input, chunk_size: int) -> Iterator[tuple[list[RawRow], str]]:
-    """Read chunks, fixing the file's format from its first chunk when it is auto."""
+def _chunks_with_format(spec: _Input, chunk_size: int) -> Iterator[tuple[list[RawRow] | LineChunk, str]]:
+    """Read chunks, fixing the file's format from its first chunk when it is auto.
+
+    JSON Lines chunks stay unparsed (LineChunk) once the format is known: the process that
+    handles the chunk parses it, so the reading process, which every row passes through, only
+    splits lines.
+    """
     from tuneforge.data._formats import detect_format
-    from tuneforge.data._readers import read_rows
+    from tuneforge.data._jsonl import read_jsonl_lines
+    from tuneforge.data._readers import _JSONL_SUFFIXES, read_rows
 
     fmt = spec.format
-    for chunk in read_rows(spec.path, chunk_size):
+    chunks: Iterator[list[RawRow] | LineChunk]
+    if spec.path.suffix.lower() in _JSONL_SUFFIXES:
+        chunks = read_jsonl_lines(spec.path, chunk_size)
+    else:
+        chunks = read_rows(spec.path, chunk_size)
+    for chunk in chunks:
         if fmt == "auto":
+            if isinstance(chunk, LineChunk):
+                chunk = chunk.parse()
             detected = detect_format([r.value for r in chunk if r.error is None])
             # Until a recognisable row appears, every row is rejected as unknown_format.
             yield chunk, detected or "auto"
@@ -277,6 +291,7 @@ def _run(
     specs: list[_Input],
     eval_files: list[Path],
     model: Any,
+    tokenizer: Any,
     contract: Any,
     tmp: Path,
     input_key: str,
@@ -375,15 +390,21 @@ def _run(
             progress(done, total)
 
     t_proc = time.perf_counter()
+    # Built once here; forked workers inherit it (and the tokenizer loaded above) instead of
+    # each loading the tokenizer and recognizers again.
+    proc = ChunkProcessor(pspec, tokenizer)
     if workers <= 1:
-        proc = ChunkProcessor(pspec)
         for spec in specs:
             for chunk, fmt in _counted(spec, dcfg.chunk_size, tally):
                 consume(proc.run(chunk, fmt, spec.origin), spec.origin)
                 tick(len(chunk))
     else:
-        with ProcessPoolExecutor(workers, initializer=init_worker, initargs=(pspec,),
-                                 mp_context=_pool_context()) as pool:
+        context = _pool_context()
+        proc.warm_up()
+        # Under fork, initargs are inherited, not pickled; spawned workers build their own.
+        prebuilt = proc if context.get_start_method() == "fork" else None
+        with ProcessPoolExecutor(workers, initializer=init_worker, initargs=(pspec, prebuilt),
+                                 mp_context=context) as pool:
             pending: deque[tuple[Future, str, int]] = deque()
             for spec in specs:
                 for chunk, fmt in _counted(spec, dcfg.chunk_size, tally):
@@ -489,7 +510,7 @@ def _funnel(read: int, rejected: Counter) -> list[dict[str, Any]]:
     return rows
 
 
-def _counted(spec: _Input, chunk_size: int, tally: _Tally) -> Iterator[tuple[list[RawRow], str]]:
+def _counted(spec: _Input, chunk_size: int, tally: _Tally) -> Iterator[tuple[list[RawRow] | LineChunk, str]]:
     key = str(spec.path)
     info = tally.formats.setdefault(key, {"format": spec.format, "rows": 0})
     for chunk, fmt in _chunks_with_format(spec, chunk_size):

@@ -15,7 +15,9 @@ from typing import Any
 
 import numpy as np
 
+from tuneforge.data._jsonl import LineChunk
 from tuneforge.data._split import assign_split
+from tuneforge.data._tokens import TokenCounter
 from tuneforge.data._types import RawRow, Reject, RejectReason, Row
 
 
@@ -96,27 +98,43 @@ def body_text(row: Row) -> str:
 class ChunkProcessor:
     """Holds the per-process tools (tokenizer, PII scanner, MinHasher, decontaminator)."""
 
-    def __init__(self, spec: ProcessSpec) -> None:
-        from transformers import AutoTokenizer
-
+    def __init__(self, spec: ProcessSpec, tokenizer: Any = None) -> None:
+        """``tokenizer``: the base model's, already loaded from ``spec.tokenizer_path`` (else loaded here)."""
         from tuneforge.data._decontam import Decontaminator
         from tuneforge.data._dedup import MinHasher, lsh_bands
         from tuneforge.data._pii import PiiScanner
 
         self.spec = spec
-        self.tokenizer = AutoTokenizer.from_pretrained(spec.tokenizer_path)
+        if tokenizer is None:
+            from transformers import AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(spec.tokenizer_path)
+        self.tokenizer = tokenizer
         self.pii = PiiScanner(spec.pii_entities, spec.pii_threshold) if spec.pii_mode != "off" else None
         self.hasher = MinHasher(spec.num_perm, spec.shingle_size) if spec.near_dedup else None
         self.bands = lsh_bands(spec.threshold, spec.num_perm) if spec.near_dedup else (0, 0)
         self.decontam = Decontaminator(spec.eval_items, spec.ngram) if spec.eval_items else None
         # Datasets repeat strings (a shared system prompt, canned replies); scan each once.
         self._redact = functools.lru_cache(maxsize=4096)(self.pii.redact) if self.pii else None
+        self.counter = TokenCounter(tokenizer)
 
-    def run(self, raws: list[RawRow], fmt: str, origin: str) -> ChunkResult:
+    def warm_up(self) -> None:
+        """Build what the PII recognizers load on first use, so forked workers inherit it.
+
+        E-mail validation reads tldextract's suffix list into a trie on the first address
+        (about half a second). The tokenizer is not run: a parent that ran it before forking
+        would hand its workers a copied thread pool.
+        """
+        if self.pii is not None:
+            self.pii.scan("write to jane.doe@example.com or call me on 020 7946 0958")
+
+    def run(self, raws: list[RawRow] | LineChunk, fmt: str, origin: str) -> ChunkResult:
         from tuneforge.data._dedup import content_key
         from tuneforge.data._formats import map_text, normalise, row_text
-        from tuneforge.data._render import render_texts
+        from tuneforge.data._render import render_texts_batch
 
+        if isinstance(raws, LineChunk):
+            raws = raws.parse()
         out = ChunkResult()
         survivors: list[tuple[Row, dict[str, int]]] = []
         for raw in raws:
@@ -140,18 +158,15 @@ class ChunkProcessor:
                     continue
             survivors.append((row, found))
 
-        # Token lengths of the rendered training text, one batched tokenizer call per chunk.
-        texts: list[str] = []
-        owners: list[int] = []
-        for i, (row, _) in enumerate(survivors):
-            for t in render_texts(self.tokenizer, row):
-                texts.append(t)
-                owners.append(i)
-        lengths = [0] * len(survivors)
-        if texts:
-            ids = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
-            for owner, seq in zip(owners, ids, strict=True):
-                lengths[owner] = max(lengths[owner], len(seq))
+        # Token lengths of the rendered training text: one batched render and one batched
+        # tokenizer call per chunk.
+        rendered = render_texts_batch(self.tokenizer, [row for row, _ in survivors])
+        counts = self.counter.counts([t for texts in rendered for t in texts])
+        lengths: list[int] = []
+        at = 0
+        for texts in rendered:
+            lengths.append(max(counts[at : at + len(texts)]))
+            at += len(texts)
 
         dedup_texts: list[str] = []
         for (row, found), n in zip(survivors, lengths, strict=True):
@@ -206,13 +221,14 @@ class ChunkProcessor:
 _WORKER: ChunkProcessor | None = None
 
 
-def init_worker(spec: ProcessSpec) -> None:
+def init_worker(spec: ProcessSpec, prebuilt: ChunkProcessor | None = None) -> None:
+    """Set up this worker's processor: ``prebuilt`` when the pool forks from a parent that has one."""
     global _WORKER
     # Each worker already has a core; the tokenizer's own thread pool would only oversubscribe.
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
-    _WORKER = ChunkProcessor(spec)
+    _WORKER = prebuilt if prebuilt is not None else ChunkProcessor(spec)
 
 
-def run_in_worker(raws: list[RawRow], fmt: str, origin: str) -> ChunkResult:
+def run_in_worker(raws: list[RawRow] | LineChunk, fmt: str, origin: str) -> ChunkResult:
     assert _WORKER is not None, "init_worker was not called"
     return _WORKER.run(raws, fmt, origin)

@@ -19,6 +19,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from tuneforge.data._jsonl import jsonl_lines, parse_jsonl_line
 from tuneforge.data._types import RawRow
 from tuneforge.errors import DataError
 
@@ -89,26 +90,8 @@ def _chunked(rows: Iterable[RawRow], size: int) -> Iterator[list[RawRow]]:
 
 
 def _read_jsonl(path: Path, source: str) -> Iterator[RawRow]:
-    # Binary lines split on b"\n" only, so a stray "\r" or U+2028 inside a record cannot cut it
-    # in two, and a line that is not UTF-8 becomes one bad row instead of a crash.
-    with path.open("rb") as fh:
-        for number, raw in enumerate(fh, start=1):
-            if not raw.strip():
-                continue
-            try:
-                # Without the line break, an error at the end of the line gets its column.
-                text = raw.rstrip(b"\r\n").decode("utf-8")
-            except UnicodeDecodeError as exc:
-                yield RawRow(source, number, value=raw.rstrip(b"\r\n").decode("utf-8", "replace"),
-                             error=f"invalid JSON: not UTF-8 at byte {exc.start + 1}")
-                continue
-            if number == 1:
-                text = text.removeprefix("\ufeff")
-            try:
-                yield RawRow(source, number, value=json.loads(text))
-            except json.JSONDecodeError as exc:
-                # The line's text travels with the error so rejected.jsonl loses nothing.
-                yield RawRow(source, number, value=text, error=f"invalid JSON: {exc.msg} at column {exc.colno}")
+    for number, raw in jsonl_lines(path):
+        yield parse_jsonl_line(source, number, raw)
 
 
 # --- JSON array -------------------------------------------------------------------------------

@@ -60,6 +60,30 @@ def render_row(tokenizer: Any, row: Row) -> list[Rendered]:
     raise ValueError(f"unknown row kind {row.kind!r}")
 
 
+def _conversations(row: Row) -> list[list[dict[str, Any]]]:
+    if row.kind == CHAT:
+        return [row.data["messages"]]
+    if row.kind == PREFERENCE:
+        return [row.data["prompt"] + row.data["chosen"], row.data["prompt"] + row.data["rejected"]]
+    return []
+
+
+def render_texts_batch(tokenizer: Any, rows: list[Row]) -> list[list[str]]:
+    """``render_texts`` of each row, with one batched ``apply_chat_template`` call for all of them.
+
+    transformers renders a list of conversations in one call; its per-call set-up (template
+    lookup, special-token map) is then paid once per batch instead of once per row.
+    """
+    per_row = [_conversations(row) for row in rows]
+    flat = [c for convs in per_row for c in convs]
+    rendered = iter(tokenizer.apply_chat_template(flat, tokenize=False) if flat else [])
+    eos = tokenizer.eos_token or ""
+    return [
+        [next(rendered) for _ in convs] if convs else [row.data["text"] + eos]
+        for row, convs in zip(rows, per_row, strict=True)
+    ]
+
+
 def render_texts(tokenizer: Any, row: Row) -> list[str]:
     """The rendered training text(s) of a row, without span bookkeeping (the fast path)."""
     if row.kind == CHAT:
