@@ -15,14 +15,27 @@ from tuneforge.monitor.monitor import load_history, read_window, run_monitor, wa
 from tuneforge.serve.requestlog import LogRecord, RequestLog, log_path
 from tuneforge.workspace import Workspace
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "support_tickets" / "data"
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "support_tickets"
 runner = CliRunner()
 
 
-def _read(name: str) -> list[dict]:
+@pytest.fixture(scope="module")
+def example(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The quickstart dataset, generated as `make demo` does (its data/ is not in the repository)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("support_tickets_generate", EXAMPLE / "generate.py")
+    gen = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gen)
+    out = tmp_path_factory.mktemp("support-tickets")
+    gen.generate(out)
+    return out
+
+
+def _read(example: Path, name: str) -> list[dict]:
     """The example's well-formed chat rows (tickets.jsonl also holds broken rows for the data stage)."""
     rows = []
-    for line in (EXAMPLE / name).read_text().splitlines():
+    for line in (example / name).read_text().splitlines():
         try:
             row = json.loads(line)
         except ValueError:
@@ -35,16 +48,16 @@ def _read(name: str) -> list[dict]:
 
 
 @pytest.fixture
-def reference(tmp_path: Path) -> Path:
+def reference(example: Path, tmp_path: Path) -> Path:
     """300 support tickets as the training data the monitored model learnt from."""
     path = tmp_path / "train.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in _read("tickets.jsonl")[:300]))
+    path.write_text("".join(json.dumps(r) + "\n" for r in _read(example, "tickets.jsonl")[:300]))
     return path
 
 
-def _overrides(reference: Path, *extra: str) -> list[str]:
+def _overrides(example: Path, reference: Path, *extra: str) -> list[str]:
     # The golden suite's schema turns on the schema_valid check (its baseline: the reference answers here).
-    suite = f"eval.suites=[{{name: golden, path: {EXAMPLE / 'golden.jsonl'}, schema: {EXAMPLE / 'schema.json'}}}]"
+    suite = f"eval.suites=[{{name: golden, path: {example / 'golden.jsonl'}, schema: {example / 'schema.json'}}}]"
     return ["pipeline.name=support", suite, f"monitor.reference={reference}", "monitor.window=60",
             "monitor.min_samples=30", "monitor.max_samples=100", "monitor.permutations=200", *extra]
 
@@ -68,11 +81,11 @@ def log_requests(rows: list[dict], *, responses: list[str] | None = None, model:
     return ids
 
 
-def test_same_distribution_traffic_raises_no_alarm(reference: Path, tmp_path: Path) -> None:
-    held_out = _read("tickets.jsonl")[600:660]  # tickets the reference does not contain
+def test_same_distribution_traffic_raises_no_alarm(example: Path, reference: Path, tmp_path: Path) -> None:
+    held_out = _read(example, "tickets.jsonl")[600:660]  # tickets the reference does not contain
     log_requests(held_out)
     out = tmp_path / "result.json"
-    res = runner.invoke(app, ["monitor", *sum((["--set", o] for o in _overrides(reference)), []), "--json", str(out)])
+    res = runner.invoke(app, ["monitor", *sum((["--set", o] for o in _overrides(example, reference)), []), "--json", str(out)])
     assert res.exit_code == 0, res.output
     result = json.loads(out.read_text())
     checks = {c["name"]: c for c in result["checks"]}
@@ -89,12 +102,12 @@ def test_same_distribution_traffic_raises_no_alarm(reference: Path, tmp_path: Pa
     assert "<svg" in (ws.root / "monitor" / "report.html").read_text()
 
 
-def test_shifted_traffic_alarms_on_embedding_length_validity_and_refusals(reference: Path) -> None:
-    general = _read("general.jsonl")[:60]  # arithmetic and trivia questions: not support tickets
+def test_shifted_traffic_alarms_on_embedding_length_validity_and_refusals(example: Path, reference: Path) -> None:
+    general = _read(example, "general.jsonl")[:60]  # arithmetic and trivia questions: not support tickets
     answers = [r["messages"][-1]["content"] if i % 4 else "I'm sorry, I can't help with that."
                for i, r in enumerate(general)]
     log_requests(general, responses=answers)
-    cfg = load_config(None, _overrides(reference))
+    cfg = load_config(None, _overrides(example, reference))
     result = run_monitor(cfg)
     checks = {c.name: c for c in result.checks}
     assert result.alarm and result.version is None and result.window["requests"] == 60
@@ -106,7 +119,7 @@ def test_shifted_traffic_alarms_on_embedding_length_validity_and_refusals(refere
     assert result.retrain is None  # on_drift defaults to alert
 
     # The CLI exits 1 on an alarm (for cron), and every run lands in the history and the report.
-    res = runner.invoke(app, ["monitor", *sum((["--set", o] for o in _overrides(reference)), [])])
+    res = runner.invoke(app, ["monitor", *sum((["--set", o] for o in _overrides(example, reference)), [])])
     assert res.exit_code == 1, res.output
     assert "ALARM" in res.output and "prompt_embedding" in res.output
     history = load_history(Workspace.from_env(), "support")
@@ -115,9 +128,9 @@ def test_shifted_traffic_alarms_on_embedding_length_validity_and_refusals(refere
     assert page.count("<polyline") >= 4 and "alarm" in page
 
 
-def test_feedback_trend_alarms_even_when_the_log_keeps_no_text(reference: Path) -> None:
+def test_feedback_trend_alarms_even_when_the_log_keeps_no_text(example: Path, reference: Path) -> None:
     # serve.request_log.store_text=false: no prompts or answers, so only the feedback check can run.
-    tickets = _read("tickets.jsonl")[600:640]
+    tickets = _read(example, "tickets.jsonl")[600:640]
     now = time.time()
     older = log_requests(tickets[:20], start=now - 100, store_text=False)
     newer = log_requests(tickets[20:], start=now - 50, store_text=False)
@@ -127,7 +140,7 @@ def test_feedback_trend_alarms_even_when_the_log_keeps_no_text(reference: Path) 
     for rid in newer:
         log.write_feedback(rid, "k", 0.25)
     log.close()
-    cfg = load_config(None, _overrides(reference, "monitor.window=20", "monitor.min_samples=10",
+    cfg = load_config(None, _overrides(example, reference, "monitor.window=20", "monitor.min_samples=10",
                                        "monitor.thresholds.feedback_drop_max=0.3"))
     result = run_monitor(cfg, now=now)
     fb = result.check("feedback")
@@ -138,10 +151,10 @@ def test_feedback_trend_alarms_even_when_the_log_keeps_no_text(reference: Path) 
         "refusal_rate": "skipped"}
 
     # Ratings going up is no alarm, and neither is a window with fewer ratings than min_samples.
-    calm = load_config(None, _overrides(reference, "monitor.window=20", "monitor.min_samples=10",
+    calm = load_config(None, _overrides(example, reference, "monitor.window=20", "monitor.min_samples=10",
                                         "monitor.thresholds.feedback_drop_max=0.3"))
     assert not run_monitor(calm, now=now - 60).alarm  # the window is then the older, well-rated requests
-    few = load_config(None, _overrides(reference, "monitor.window=20", "monitor.min_samples=50",
+    few = load_config(None, _overrides(example, reference, "monitor.window=20", "monitor.min_samples=50",
                                        "monitor.thresholds.feedback_drop_max=0.3"))
     runs: list = []
     assert watch(few, iterations=2, every_s=1, on_result=runs.append, sleep=lambda _s: None) == 2
@@ -149,9 +162,9 @@ def test_feedback_trend_alarms_even_when_the_log_keeps_no_text(reference: Path) 
     assert len(load_history(Workspace.from_env(), "support")) == 4
 
 
-def test_window_is_the_newest_non_shadow_requests_of_the_model_within_since() -> None:
+def test_window_is_the_newest_non_shadow_requests_of_the_model_within_since(example: Path) -> None:
     now = 10_000.0
-    rows = _read("tickets.jsonl")[:10]
+    rows = _read(example, "tickets.jsonl")[:10]
     log_requests(rows[:6], start=now - 600)  # t = now-600 .. now-595
     log_requests(rows[6:], start=now - 10)  # t = now-10 .. now-7
     log_requests(rows[:2], model="other", start=now - 5)
@@ -169,8 +182,8 @@ def test_window_is_the_newest_non_shadow_requests_of_the_model_within_since() ->
     assert read_window(ws, "support", window=5, now=now - 300)[0][0]["time"] == now - 595
 
 
-def test_missing_reference_is_a_clear_error(tmp_path: Path) -> None:
-    log_requests(_read("tickets.jsonl")[:3])
+def test_missing_reference_is_a_clear_error(example: Path, tmp_path: Path) -> None:
+    log_requests(_read(example, "tickets.jsonl")[:3])
     res = runner.invoke(app, ["monitor", "--set", "pipeline.name=support"])
     text = " ".join(res.output.split())
     assert res.exit_code == 2
