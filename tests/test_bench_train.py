@@ -37,6 +37,7 @@ def test_baseline_and_ours_train_the_same_rows(bench, tiny_model_dir: Path, tmp_
     assert 0 < base["pad_fraction"] < 1 and ours["packing"] == "length_grouped"
     for r in (base, ours):
         assert r["useful_tokens_per_s"] > 0 and r["train_s"] > 0 and r["peak_rss_mib"] > 0
+        assert r["useful_tokens_per_cpu_s"] > 0 and r["train_cpu_s"] > 0
         json.dumps(r)
 
 

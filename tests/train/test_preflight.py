@@ -143,3 +143,34 @@ def test_cpt_trains_every_token_of_text_rows(tmp_path: Path, tiny_cfg) -> None:
     assert pre.trained_tokens == pre.tokens and pre.samples[0] == [("Return policy 0: thirty days.<|im_end|>", True)]
     result = train(tiny_cfg("train.method=cpt", "train.max_steps=2"), data=ds)
     assert result.metrics["steps"] == 2 and result.meta["config"]["train"]["method"] == "cpt"
+
+
+_MEASURE = """
+import json, resource, sys
+from tuneforge.config import load_config
+from tuneforge.train import train
+cfg = load_config(None, sys.argv[3:])
+r = train(cfg, data=sys.argv[1], out=sys.argv[2])
+print(json.dumps({"estimate": r.preflight.estimate.to_dict(),
+                  "peak_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}))
+"""
+
+
+def test_memory_estimate_is_within_a_factor_of_2_of_the_measured_peak(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """The tiny model has the real 49k vocabulary: with long answers the scored logits dominate the peak."""
+    import json
+    import subprocess
+    import sys
+
+    from train_helpers import FAST
+
+    ds = write_dataset(tmp_path / "ds", [chat_row(i, turns=12) for i in range(8)])
+    overrides = [f"model.base={tiny_model_dir}", *FAST, "train.max_steps=2", "train.batch_size=8",
+                 "train.precision=bf16", "tracking.enabled=false"]
+    out = subprocess.run([sys.executable, "-c", _MEASURE, str(ds), str(tmp_path / "adapter"), *overrides],
+                         capture_output=True, text=True, check=True)
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    est = got["estimate"]
+    assert est["logits_gib"] > est["activations_gib"] + est["weights_gib"]  # the term this test is about
+    assert 0 < est["scored_tokens_per_micro_batch"] < est["tokens_per_micro_batch"]
+    assert 0.5 <= got["peak_gib"] / est["total_gib"] <= 2, got

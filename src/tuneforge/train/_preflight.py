@@ -25,13 +25,20 @@ SAMPLES = 3
 
 @dataclass(frozen=True)
 class MemoryEstimate:
-    """Rough peak memory of one training process (±50%; activations dominate the error).
+    """Peak memory of one training process, within a factor of 2 (checked against a measured peak in
+    tests/train/test_preflight.py).
 
-    weights: every parameter at its load dtype (4-bit for QLoRA). gradients and optimizer: fp32
-    gradients and AdamW's two fp32 moments for trainable parameters only. activations: what the
-    backward pass keeps per token and layer, about (10·hidden + 5·intermediate) values in the
-    compute dtype, or one hidden state per layer plus one full layer with gradient checkpointing.
-    The fused LM head never builds the full logits, so they are not counted.
+    weights: every parameter at its load dtype (4-bit for QLoRA), plus autocast's bf16 copy of fp32
+    weights for a full fine-tune. gradients and optimizer: fp32 gradients and AdamW's two fp32
+    moments for trainable parameters only. activations: what autograd keeps per token and layer for
+    the backward pass, (18·hidden + 6·intermediate) values in the compute dtype: measured 39.6 KB per
+    token and layer on SmolLM2-135M with LoRA on every linear layer under bf16 autocast (fp32
+    RMSNorm inputs, LoRA dropout's masked copies, the MLP's four intermediate-wide tensors); with
+    gradient checkpointing one hidden state per layer plus one full layer. logits: the LM head scores
+    trained positions only (SFT/CPT; DPO scores every position), 16 bytes per position and vocabulary
+    entry (the bf16 head output, its fp32 copy, log-softmax and its gradient): for SmolLM2's 49,152
+    entries ~0.75 MB per scored token. runtime: torch, transformers and the rest of the process on
+    CPU (~0.75 GiB resident before any weight), the CUDA context on a GPU.
     """
 
     params: int
@@ -44,6 +51,9 @@ class MemoryEstimate:
     total_gib: float
     available_gib: float | None
     device: str
+    scored_tokens_per_micro_batch: int = 0
+    logits_gib: float = 0.0
+    runtime_gib: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -144,8 +154,25 @@ def tokens_per_micro_batch(train: list[Example], tcfg: TrainConfig, packing: str
     return tcfg.batch_size * min(longest, tcfg.max_seq_len)
 
 
-def estimate_memory(model_path: Path, tcfg: TrainConfig, peft_config: Any, tokens: int, prec: str) -> MemoryEstimate:
-    """Count parameters on the meta device (no weights are read) and apply the estimate's formula."""
+def trained_per_micro_batch(train: list[Example], tcfg: TrainConfig, packing: str) -> int:
+    """Positions the LM head scores in the worst micro-batch: those whose next token carries loss."""
+    tokens = tokens_per_micro_batch(train, tcfg, packing)
+    if packing == "padding_free":  # packed rows hold the data's trained share, whatever the rows
+        total = sum(len(e.input_ids) for e in train) or 1
+        return min(tokens, math.ceil(tokens * sum(e.trained for e in train) / total))
+    most = max((e.trained for e in train), default=tokens)
+    return min(tokens, tcfg.batch_size * most)
+
+
+_RUNTIME = {"cpu": 0.75 * GIB, "cuda": 0.5 * GIB}  # process (CPU) or CUDA context (GPU) before any weight
+
+
+def estimate_memory(model_path: Path, tcfg: TrainConfig, peft_config: Any, tokens: int, prec: str,
+                    scored: int | None = None) -> MemoryEstimate:
+    """Count parameters on the meta device (no weights are read) and apply the estimate's formula.
+
+    ``scored``: positions the LM head scores per micro-batch (default: all ``tokens``).
+    """
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -165,7 +192,7 @@ def estimate_memory(model_path: Path, tcfg: TrainConfig, peft_config: Any, token
         trainable = params
     act_bytes = 2 if prec == "bf16" else 4
     if tcfg.peft == "full":
-        weights = params * 4
+        weights = params * 4 + (params * 2 if prec == "bf16" else 0)
     elif tcfg.peft == "qlora":
         weights = linear * 0.5 + (params - linear) * 2 + trainable * 4
     else:
@@ -174,19 +201,24 @@ def estimate_memory(model_path: Path, tcfg: TrainConfig, peft_config: Any, token
     hidden = int(getattr(text, "hidden_size", 0) or 0)
     inter = int(getattr(text, "intermediate_size", 4 * hidden) or 4 * hidden)
     layers = int(getattr(text, "num_hidden_layers", 1) or 1)
-    per_layer = tokens * (10 * hidden + 5 * inter) * act_bytes
+    vocab = int(getattr(text, "vocab_size", 0) or 0)
+    per_layer = tokens * (18 * hidden + 6 * inter) * act_bytes
     if tcfg.gradient_checkpointing:
         activations = tokens * hidden * act_bytes * layers + per_layer
     else:
         activations = per_layer * layers
+    scored = tokens if scored is None else min(scored, tokens)
+    logits = scored * vocab * 16
     grads, optim = trainable * 4, trainable * 8
-    total = weights + grads + optim + activations
     device, available = _device_memory()
+    runtime = _RUNTIME["cpu" if device == "cpu" else "cuda"]
+    total = weights + grads + optim + activations + logits + runtime
     return MemoryEstimate(
         params=params, trainable_params=trainable, tokens_per_micro_batch=tokens,
         weights_gib=round(weights / GIB, 3), gradients_gib=round(grads / GIB, 3),
         optimizer_gib=round(optim / GIB, 3), activations_gib=round(activations / GIB, 3),
         total_gib=round(total / GIB, 3), available_gib=available, device=device,
+        scored_tokens_per_micro_batch=scored, logits_gib=round(logits / GIB, 3), runtime_gib=round(runtime / GIB, 3),
     )
 
 

@@ -36,10 +36,12 @@ from tuneforge.train._tokenize import Example
 class _Trainer(SFTTrainer):
     """SFTTrainer whose checkpoints become visible only when complete.
 
-    Without CUDA the loss comes from the model's own cross-entropy instead of TRL's fused LM head,
-    whose torch fallback (no Triton) is slower on CPU for the same loss: a LoRA step on the bundled
-    model ran at 214 vs 315 tok/s (best of 8 alternating steps), the tiny test model ~10x slower.
-    Both normalise by the trained tokens of the whole accumulation.
+    Without CUDA the loss is `_loss.trained_positions_loss` instead of TRL's fused LM head, whose
+    torch fallback (no Triton) scores every position: the head runs on trained positions only and
+    right padding needs no attention mask. Both normalise by the trained tokens of the whole
+    accumulation. Under bf16 autocast PEFT's cast of each adapter input to the fp32 adapter dtype is
+    switched off (autocast runs the adapter matmuls in bf16 either way; the cast only added an fp32
+    copy of the activations per adapted layer and ran LoRA dropout on it, ~5% of a CPU step).
     """
 
     def __init__(self, *args: Any, run: RunDirs, keep: int, fused_head: bool, **kwargs: Any) -> None:
@@ -48,6 +50,23 @@ class _Trainer(SFTTrainer):
         self._fused_head = fused_head
         super().__init__(*args, **kwargs)
         self.remove_callback(PrinterCallback)  # the caller's progress function reports instead
+        peft_config = getattr(self.model, "peft_config", None) or {}
+        # Virtual prompt tokens shift the hidden states against the labels: those keep the model's own loss.
+        self._trained_head = not fused_head and not any(getattr(c, "is_prompt_learning", False)
+                                                        for c in peft_config.values())
+        self._bf16_adapters = not fused_head and bool(self.args.bf16) and bool(peft_config)
+
+    def train(self, *args: Any, **kwargs: Any) -> Any:
+        from peft.helpers import disable_input_dtype_casting
+
+        with disable_input_dtype_casting(self.model, active=self._bf16_adapters):
+            return super().train(*args, **kwargs)
+
+    def evaluate(self, *args: Any, **kwargs: Any) -> Any:
+        from peft.helpers import disable_input_dtype_casting
+
+        with disable_input_dtype_casting(self.model, active=self._bf16_adapters):
+            return super().evaluate(*args, **kwargs)
 
     def _get_train_sampler(self, train_dataset: Any = None) -> Any:
         if self.args.train_sampling_strategy != "group_by_length":
@@ -69,7 +88,21 @@ class _Trainer(SFTTrainer):
             mask = inputs.get("attention_mask")
             self._total_train_tokens += int(mask.sum()) if mask is not None else int(inputs["input_ids"].numel())
         self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
-        return Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
+        if return_outputs or not self._trained_head:
+            return Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
+        from tuneforge.train import _loss
+
+        # As Trainer.compute_loss: normalised by the accumulation's token count only when the model takes it.
+        items = num_items_in_batch if self.model_accepts_loss_kwargs else None
+        head = self.accelerator.unwrap_model(model).get_output_embeddings()
+        trained = _loss.trained_positions_loss(model, head, inputs, items)
+        entropy, accuracy = _loss.token_metrics(trained)
+        self._metrics[mode]["entropy"].append(entropy)
+        self._metrics[mode]["mean_token_accuracy"].append(accuracy)
+        loss = trained.loss
+        if self.args.average_tokens_across_devices and items is not None:
+            loss = loss * self.accelerator.num_processes  # DDP averages the gradients the ranks summed
+        return loss
 
     def _save_checkpoint(self, model: Any, trial: Any) -> None:
         super()._save_checkpoint(model, trial)
