@@ -99,6 +99,11 @@ def test_drift_triggers_a_retrain_that_enters_as_canary_and_leaves_production(ov
     rated_down = set(ids[16:])
     for rid in ids:  # users liked the first 16 answers and disliked the rest
         log.write_feedback(rid, "k", 0.0 if rid in rated_down else 1.0)
+    # ... and one of them sent the answer they wanted instead: that row trains on the correction.
+    corrected = ids[20]
+    rated_down.discard(corrected)
+    correction = json.dumps({"category": "account", "note": "corrected by the user"})
+    log.write_feedback(corrected, "k", 0.0, correction=correction)
     log.close()
 
     result = run_monitor(cfg, ws)
@@ -108,7 +113,7 @@ def test_drift_triggers_a_retrain_that_enters_as_canary_and_leaves_production(ov
     assert result.baseline.startswith("eval report of support@1")
     assert result.check("json_valid").baseline == 0.0 and not result.check("json_valid").alarm
     assert result.retrain is not None and result.retrain["status"] == "ran", result.retrain
-    assert result.retrain["version"] == "support@2" and result.retrain["logged_rows"] == 16
+    assert result.retrain["version"] == "support@2" and result.retrain["logged_rows"] == 17
     assert result.retrain["feedback_filtered"] is True
 
     # The new version is the canary at the configured share; production stays on v1.
@@ -125,9 +130,11 @@ def test_drift_triggers_a_retrain_that_enters_as_canary_and_leaves_production(ov
     assert "shadow question" not in kept and "failed question" not in kept
     assert "jane.doe@example.com" not in kept and "<EMAIL>" in kept
     assert _ticket(42) not in kept and "contaminated" in rejected
-    logged = Path(result.retrain["logged_file"]).read_text().splitlines()
-    assert len(logged) == 16 and json.loads(logged[0])["messages"][-1] == {"role": "assistant",
-                                                                           "content": answers[0]}
+    logged = [json.loads(line) for line in Path(result.retrain["logged_file"]).read_text().splitlines()]
+    assert len(logged) == 17
+    answer_of = {m["messages"][-2]["content"]: m["messages"][-1]["content"] for m in logged}
+    assert answer_of[questions[0]] == answers[0] and answer_of[questions[20]] == correction
+    assert "corrected by the user" in kept
     history = load_history(ws, "support")
     assert history[-1]["retrain"]["version"] == "support@2" and history[-1]["alarm"] is True
 

@@ -34,11 +34,15 @@ def test_feedback_is_stored_against_the_request_and_messages_are_logged(start_se
                          json={"request_id": resp_id, "score": 2, "score_range": [1, 5]})
     assert by_resp.status_code == 200 and by_resp.json()["request_id"] == rid, by_resp.text
     down = httpx.post(srv.url + "/v1/feedback", headers=AUTH, json={"request_id": other_rid, "thumbs": "down"})
-    assert down.status_code == 200
+    assert down.status_code == 200 and down.json()["corrected"] is False
+    fixed = httpx.post(srv.url + "/v1/feedback", headers=AUTH,
+                       json={"request_id": other_rid, "correction": '{"category": "bug"}'})
+    assert fixed.status_code == 200 and fixed.json()["corrected"] is True, fixed.text
 
     fb = read_feedback(log_path)
     assert fb[rid].score == 0.25 and fb[rid].key_id == "env"  # the latest feedback of that request wins
-    assert fb[other_rid].score == 0.0
+    assert fb[other_rid].score == 0.0 and fb[other_rid].correction == '{"category": "bug"}'  # alone: score 0
+    assert fb[rid].correction is None
     with sqlite3.connect(log_path) as conn:
         stored = conn.execute("SELECT score, comment FROM feedback WHERE request_id = ? ORDER BY seq", (rid,)).fetchall()
     assert stored == [(1.0, "good"), (0.25, None)]
@@ -70,6 +74,8 @@ def test_feedback_errors(start_server: Any) -> None:
         ({"request_id": rid, "score": 3, "score_range": [5, 1]}, "score_range"),
         ({"request_id": rid, "thumbs": "up", "comment": 7}, "comment"),
         ({"request_id": rid, "thumbs": "up", "rating": 3}, "rating"),
+        ({"request_id": rid, "correction": "   "}, "correction"),
+        ({"request_id": rid, "thumbs": "down", "correction": ["a"]}, "correction"),
     ]
     for body, param in cases:
         r = httpx.post(srv.url + "/v1/feedback", headers=AUTH, json=body)
@@ -100,3 +106,19 @@ def test_an_old_log_gains_the_new_column_and_table(tmp_path: Any) -> None:
     rows = {r["request_id"]: r for r in read_log(path)}
     assert rows["old"]["messages"] is None and rows["new"]["messages"] == [{"role": "user", "content": "hi"}]
     assert read_feedback(path)["old"].score == 0.5
+
+
+def test_feedback_written_before_corrections_existed_stays_readable(tmp_path: Any) -> None:
+    path = tmp_path / "requests.db"
+    RequestLog(path).close()
+    with sqlite3.connect(path) as conn:  # the feedback table as it was before the correction column
+        conn.execute("DROP TABLE feedback")
+        conn.execute("CREATE TABLE feedback (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT, request_id TEXT, "
+                     "time REAL, key_id TEXT, score REAL, comment TEXT)")
+        conn.execute("INSERT INTO feedback (id, request_id, time, key_id, score) VALUES ('fb-1', 'a', 1.0, 'k', 1.0)")
+    assert read_feedback(path)["a"].correction is None  # read-only readers do not migrate
+    log = RequestLog(path)
+    log.write_feedback("b", "k", 0.0, correction="the right answer")
+    log.close()
+    fb = read_feedback(path)
+    assert fb["a"].score == 1.0 and fb["b"].correction == "the right answer"

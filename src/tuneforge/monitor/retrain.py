@@ -49,9 +49,10 @@ class RetrainOutcome:
 
 
 def curate_logged(cfg: TuneforgeConfig, ws: Workspace, model: str) -> LoggedRows:
-    """Chat rows from the model's logged requests: answered, not shadow, not errors; rated ones when rated."""
-    from tuneforge.monitor.monitor import read_feedback
+    """Chat rows from the model's logged requests: answered, not shadow, not errors; when any were rated,
+    the positively rated ones, and every corrected one with the user's correction as the answer."""
     from tuneforge.serve.requestlog import log_path, read_log
+    from tuneforge.serve.requestlog import read_feedback as read_all_feedback
 
     found: list[tuple[str, list[dict[str, Any]], str]] = []  # (request id, prompt turns, answer)
     for row in read_log(log_path(ws), model=model):
@@ -67,11 +68,18 @@ def curate_logged(cfg: TuneforgeConfig, ws: Workspace, model: str) -> LoggedRows
             continue
         turns = [{"role": m["role"], "content": m.get("content")} for m in msgs]
         found.append((row["request_id"], turns, row["response"]))
-    feedback = read_feedback(ws, [rid for rid, _, _ in found])
+    wanted = {rid for rid, _, _ in found}
+    feedback = {rid: fb for rid, fb in read_all_feedback(log_path(ws)).items() if rid in wanted}
     rated = bool(feedback)
     keep_min = cfg.monitor.retrain.positive_score_min
-    rows = [{"messages": [*turns, {"role": "assistant", "content": answer}], "request_id": rid}
-            for rid, turns, answer in found if not rated or feedback.get(rid, -1.0) >= keep_min]
+    rows = []
+    for rid, turns, answer in found:
+        fb = feedback.get(rid)
+        if fb is not None and fb.correction:  # the user's corrected answer is the best label there is
+            rows.append({"messages": [*turns, {"role": "assistant", "content": fb.correction}],
+                         "request_id": rid, "corrected": True})
+        elif not rated or (fb is not None and fb.score >= keep_min):
+            rows.append({"messages": [*turns, {"role": "assistant", "content": answer}], "request_id": rid})
     return LoggedRows(rows, len(found), rated)
 
 

@@ -1,6 +1,8 @@
 """`POST /v1/feedback`: a user's verdict on a served response, stored next to it in the request log.
 
-Body: ``{"request_id": ..., "score": 0..1 | "thumbs": "up" | "down", "comment": "..."}``. A score on
+Body: ``{"request_id": ..., "score": 0..1 | "thumbs": "up" | "down", "comment": "...",
+"correction": "..."}``. A correction is the answer the user wanted instead; retraining trains on it
+(alone it counts as a score of 0: the served answer needed correcting). A score on
 another scale names it with ``"score_range": [low, high]`` (e.g. 1-5 stars) and is normalised to
 [0, 1]; thumbs up is 1 and down is 0. The request id is the response's ``x-request-id`` header, or
 its ``id`` (``chatcmpl-...`` / ``cmpl-...``), which maps back to the same request.
@@ -16,12 +18,15 @@ from tuneforge.serve.errors import ApiError, bad_request
 from tuneforge.serve.requestlog import RequestLog
 
 MAX_COMMENT_CHARS = 4000
+MAX_CORRECTION_CHARS = 32000
 _THUMBS = {"up": 1.0, "down": 0.0}
 
 
 def normalise_score(body: dict[str, Any]) -> float:
     """The feedback's score in [0, 1]; a 400 naming the field for anything else."""
     has_score, has_thumbs = body.get("score") is not None, body.get("thumbs") is not None
+    if not has_score and not has_thumbs and body.get("correction") is not None:
+        return 0.0
     if has_score == has_thumbs:
         raise bad_request("Send exactly one of 'score' (a number) or 'thumbs' ('up' or 'down').",
                           param="score" if has_score else "thumbs")
@@ -71,15 +76,20 @@ def record_feedback(log: RequestLog | None, key: KeyInfo, body: dict[str, Any]) 
     if comment is not None and (not isinstance(comment, str) or len(comment) > MAX_COMMENT_CHARS):
         raise bad_request(f"Invalid value for 'comment': expected a string of at most {MAX_COMMENT_CHARS} "
                           "characters.", param="comment")
-    unknown = sorted(set(body) - {"request_id", "score", "thumbs", "comment", "score_range"})
+    correction = body.get("correction")
+    if correction is not None and (not isinstance(correction, str) or not correction.strip()
+                                   or len(correction) > MAX_CORRECTION_CHARS):
+        raise bad_request(f"Invalid value for 'correction': expected the corrected answer as a non-empty string "
+                          f"of at most {MAX_CORRECTION_CHARS} characters.", param="correction")
+    unknown = sorted(set(body) - {"request_id", "score", "thumbs", "comment", "correction", "score_range"})
     if unknown:
         raise bad_request(f"Unknown field '{unknown[0]}' (expected request_id, score or thumbs, comment, "
-                          "score_range).", param=unknown[0])
+                          "correction, score_range).", param=unknown[0])
     score = normalise_score(body)
     found = next((r for r in map(log.find_request, candidate_ids(rid.strip())) if r is not None), None)
     if found is None:
         raise ApiError(404, f"No request with id '{rid}' in the request log (it may be older than the log keeps).",
                        code="request_not_found", param="request_id")
-    fb = log.write_feedback(found["request_id"], key.id, score, comment)
+    fb = log.write_feedback(found["request_id"], key.id, score, comment, correction)
     return {"id": fb.id, "object": "feedback", "request_id": fb.request_id, "score": fb.score,
-            "created": int(fb.time), "stored": True}
+            "corrected": fb.correction is not None, "created": int(fb.time), "stored": True}

@@ -74,6 +74,7 @@ class FeedbackRow:
     key_id: str
     score: float
     comment: str | None = None
+    correction: str | None = None  # the answer the user wanted instead: retraining trains on it
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -110,7 +111,9 @@ class RequestLog:
         self._conn.execute("CREATE INDEX IF NOT EXISTS requests_model ON requests (model_requested)")
         self._conn.execute("CREATE INDEX IF NOT EXISTS requests_rid ON requests (request_id)")
         self._conn.execute("CREATE TABLE IF NOT EXISTS feedback (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT, "
-                           "request_id TEXT, time REAL, key_id TEXT, score REAL, comment TEXT)")
+                           "request_id TEXT, time REAL, key_id TEXT, score REAL, comment TEXT, correction TEXT)")
+        if "correction" not in _columns(self._conn, "feedback"):  # written before corrections existed
+            self._conn.execute("ALTER TABLE feedback ADD COLUMN correction TEXT")
         self._conn.execute("CREATE INDEX IF NOT EXISTS feedback_rid ON feedback (request_id)")
         self._conn.commit()
         self._since_trim = 0
@@ -164,16 +167,19 @@ class RequestLog:
                 "ORDER BY seq DESC LIMIT 1", (request_id,)).fetchone()
         return _row(values) if values else None
 
-    def write_feedback(self, request_id: str, key_id: str, score: float, comment: str | None = None) -> FeedbackRow:
+    def write_feedback(self, request_id: str, key_id: str, score: float, comment: str | None = None,
+                       correction: str | None = None) -> FeedbackRow:
         """Store feedback on a logged request (``score`` already normalised to [0, 1])."""
         if not 0.0 <= score <= 1.0:
             raise ValueError(f"score must be in [0, 1], got {score}")
-        # a comment is free text like a prompt: kept only where text is, and redacted the same way
+        # comments and corrections are free text like a prompt: kept only where text is, redacted the same way
         if not self.store_text:
-            comment = None
-        elif comment and self._redactor is not None:
-            comment = self._redactor.redact(comment)[0]
-        fb = FeedbackRow(f"fb-{uuid.uuid4().hex}", request_id, time.time(), key_id, float(score), comment)
+            comment = correction = None
+        elif self._redactor is not None:
+            comment = self._redactor.redact(comment)[0] if comment else comment
+            correction = self._redactor.redact(correction)[0] if correction else correction
+        fb = FeedbackRow(f"fb-{uuid.uuid4().hex}", request_id, time.time(), key_id, float(score), comment,
+                         correction)
         with self._lock:
             self._conn.execute(
                 f"INSERT INTO feedback ({', '.join(_FEEDBACK_COLUMNS)}) VALUES "
@@ -256,9 +262,10 @@ def read_feedback(path: Path, *, since: float | None = None) -> dict[str, Feedba
         return {}
     conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
-        if not _columns(conn, "feedback"):  # a log written before feedback existed
+        have = _columns(conn, "feedback")
+        if not have:  # a log written before feedback existed
             return {}
-        sql = f"SELECT {', '.join(_FEEDBACK_COLUMNS)} FROM feedback"
+        sql = f"SELECT {', '.join(c if c in have else 'NULL' for c in _FEEDBACK_COLUMNS)} FROM feedback"
         args: list[Any] = []
         if since is not None:
             sql += " WHERE time >= ?"
