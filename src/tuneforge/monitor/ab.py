@@ -27,7 +27,7 @@ from tuneforge.monitor.guardrails import (
     configured,
     counts_for_errors,
     is_error,
-    json_ok,
+    metric_values,
     p95,
 )
 from tuneforge.workspace import Workspace
@@ -237,34 +237,16 @@ def _control(wanted: str, groups: dict[str, list[dict[str, Any]]]) -> str | None
     return max(matches, key=lambda k: len(groups[k])) if matches else None
 
 
-def _values(metric: str, rows: list[dict[str, Any]], feedback: dict[str, Any],
-            schema: dict[str, Any] | None) -> list[tuple[float, float]]:
-    """(time, value) of every row the metric applies to."""
-    if metric == "error_rate":
-        return [(r["time"], float(is_error(r))) for r in rows if counts_for_errors(r)]
-    if metric == "latency_s":
-        return [(r["time"], float(r["latency_s"])) for r in rows if r["status"] == 200 and r["latency_s"] is not None]
-    if metric == "feedback":
-        return [(r["time"], float(feedback[r["request_id"]].score)) for r in rows if r["request_id"] in feedback]
-    if metric == "json_valid":
-        return [(r["time"], json_ok(r["response"])) for r in rows if answered(r)]
-    if metric == "schema_valid":
-        from tuneforge.eval.metrics import schema_valid
-
-        return [(r["time"], float(schema_valid(r["response"], schema) or 0.0)) for r in rows if answered(r)]
-    raise ValueError(metric)
-
-
 def _stats(label: str, rows: list[dict[str, Any]], feedback: dict[str, Any], with_json: bool,
            schema: dict[str, Any] | None) -> VariantStats:
     import numpy as np
 
     counted = [r for r in rows if counts_for_errors(r)]
     errors = sum(is_error(r) for r in counted)
-    lat = [v for _, v in _values("latency_s", rows, feedback, schema)]
-    fb = [v for _, v in _values("feedback", rows, feedback, schema)]
-    js = [v for _, v in _values("json_valid", rows, feedback, schema)] if with_json else []
-    sv = [v for _, v in _values("schema_valid", rows, feedback, schema)] if schema is not None else []
+    lat = [v for _, v in metric_values("latency_s", rows, feedback, schema)]
+    fb = [v for _, v in metric_values("feedback", rows, feedback, schema)]
+    js = [v for _, v in metric_values("json_valid", rows, feedback, schema)] if with_json else []
+    sv = [v for _, v in metric_values("schema_valid", rows, feedback, schema)] if schema is not None else []
     return VariantStats(
         label, sorted({str(r["version"]) for r in rows}), len(rows),
         len({r["user_hash"] for r in rows if r["user_hash"]}), errors,
@@ -299,8 +281,8 @@ def _stream(metric: str, control: list[dict[str, Any]], cand: list[dict[str, Any
             schema: dict[str, Any] | None) -> tuple[list[float], list[bool]]:
     """The two variants' values merged in arrival order, so every prefix is a look the reader could
     have taken."""
-    merged = sorted([(t, v, False) for t, v in _values(metric, control, feedback, schema)]
-                    + [(t, v, True) for t, v in _values(metric, cand, feedback, schema)])
+    merged = sorted([(t, v, False) for t, v in metric_values(metric, control, feedback, schema)]
+                    + [(t, v, True) for t, v in metric_values(metric, cand, feedback, schema)])
     return [v for _, v, _ in merged], [b for _, _, b in merged]
 
 
@@ -358,7 +340,7 @@ def _variances(metric: str, control: list[dict[str, Any]], cand: list[dict[str, 
     import numpy as np
 
     def var(rows: list[dict[str, Any]]) -> float:
-        xs = np.asarray([v for _, v in _values(metric, rows, feedback, schema)], dtype=float)
+        xs = np.asarray([v for _, v in metric_values(metric, rows, feedback, schema)], dtype=float)
         if METRICS[metric][0]:
             p = (xs.sum() + 0.5) / (len(xs) + 1)
             return float(p * (1 - p))

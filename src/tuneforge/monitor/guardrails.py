@@ -60,18 +60,32 @@ def p95(values: list[float]) -> float:
     return float(np.percentile(np.asarray(values, dtype=float), 95))
 
 
+def metric_values(metric: str, rows: list[dict[str, Any]], feedback: dict[str, Any],
+                  schema: dict[str, Any] | None = None) -> list[tuple[float, float]]:
+    """(time, value) of every row ``metric`` applies to: the one definition A/B and guardrails share."""
+    if metric == "error_rate":
+        return [(r["time"], float(is_error(r))) for r in rows if counts_for_errors(r)]
+    if metric in ("latency_s", "p95_latency_s"):
+        return [(r["time"], float(r["latency_s"])) for r in rows if r["status"] == 200 and r["latency_s"] is not None]
+    if metric == "feedback":
+        return [(r["time"], float(feedback[r["request_id"]].score)) for r in rows if r["request_id"] in feedback]
+    if metric == "json_valid":
+        return [(r["time"], json_ok(r["response"])) for r in rows if answered(r)]
+    if metric == "schema_valid":
+        from tuneforge.eval.metrics import schema_valid
+
+        return [(r["time"], float(schema_valid(r["response"], schema) or 0.0)) for r in rows if answered(r)]
+    raise ValueError(metric)
+
+
 def rule_values(rows: list[dict[str, Any]], feedback: dict[str, Any]) -> dict[str, tuple[float | None, int]]:
     """Each rule's value and the number of requests it rests on (value None when none)."""
-    errs = [is_error(r) for r in rows if counts_for_errors(r)]
-    lat = [float(r["latency_s"]) for r in rows if r["status"] == 200 and r["latency_s"] is not None]
-    js = [json_ok(r["response"]) for r in rows if answered(r)]
-    fb = [feedback[r["request_id"]].score for r in rows if r["request_id"] in feedback]
-
-    def mean(xs: list[Any]) -> float | None:
-        return sum(xs) / len(xs) if xs else None
-
-    return {"error_rate": (mean(errs), len(errs)), "p95_latency_s": (p95(lat) if lat else None, len(lat)),
-            "json_valid": (mean(js), len(js)), "feedback": (mean(fb), len(fb))}
+    out: dict[str, tuple[float | None, int]] = {}
+    for rule in RULES:
+        xs = [v for _, v in metric_values(rule, rows, feedback)]
+        value = (p95(xs) if rule == "p95_latency_s" else sum(xs) / len(xs)) if xs else None
+        out[rule] = (value, len(xs))
+    return out
 
 
 # ---------------------------------------------------------------------- results

@@ -108,13 +108,9 @@ def read_window(ws: Workspace, model: str, *, window: int, since_s: float | None
     return current, previous
 
 
-def read_feedback(ws: Workspace, request_ids: list[str]) -> dict[str, float]:
-    """Feedback score (normalised to [0, 1]; the latest when a request got several) by request id."""
-    from tuneforge.serve.requestlog import log_path
-    from tuneforge.serve.requestlog import read_feedback as read_all
-
-    wanted = set(request_ids)
-    return {rid: fb.score for rid, fb in read_all(log_path(ws)).items() if rid in wanted} if wanted else {}
+def _scores(feedback: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, float]:
+    """Feedback scores (normalised to [0, 1]) of these rows' requests, by request id."""
+    return {r["request_id"]: feedback[r["request_id"]].score for r in rows if r["request_id"] in feedback}
 
 
 # --- the reference ------------------------------------------------------------------------------
@@ -416,8 +412,10 @@ def run_monitor(cfg: TuneforgeConfig, ws: Workspace | None = None, *, now: float
             checks.append(_validity_check("schema_valid", cfg, [M.schema_valid(r, schema) or 0.0 for r in responses],
                                           schema_baseline, baseline_source))
     checks.append(_refusal_check(cfg, ref, responses))
-    feedback = _feedback_check(cfg, read_feedback(ws, [r["request_id"] for r in current]),
-                               read_feedback(ws, [r["request_id"] for r in previous]))
+    from tuneforge.serve.requestlog import log_path, read_feedback
+
+    rated = read_feedback(log_path(ws))  # one read serves both windows
+    feedback = _feedback_check(cfg, _scores(rated, current), _scores(rated, previous))
     if feedback is not None:
         checks.append(feedback)
 

@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from tuneforge.serve.engines._adapters import AdapterTable, verify
+from tuneforge.serve.engines._prompt import PromptEncoder, prompt_ids, started
 from tuneforge.serve.engines._scheduler import DONE, Scheduler, Submission
 from tuneforge.serve.engines.base import (
     AdapterSpec,
@@ -48,7 +49,7 @@ class LocalEngine:
         self._context = 0
         self._adapters = AdapterTable(max_loaded_adapters)
         self._scheduler: Scheduler | None = None
-        self._encoder: Any = None
+        self._prompts: PromptEncoder | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -69,9 +70,7 @@ class LocalEngine:
         self.contract = load_contract(resolved, tokenizer)
         self.tokenizer = tokenizer
         self.base_model = resolved.name
-        # The Rust tokenizer encodes without touching padding/truncation state, so the event loop
-        # can count tokens while the scheduler thread decodes.
-        self._encoder = getattr(tokenizer, "backend_tokenizer", None)
+        self._prompts = PromptEncoder(tokenizer)
         limit = int(getattr(model.config, "max_position_embeddings", 0) or 2048)
         self._context = min(limit, self._requested_context or limit)
         stop_ids = {tokenizer.convert_tokens_to_ids(t) for t in self.contract.stop_tokens}
@@ -94,14 +93,7 @@ class LocalEngine:
         return self._context
 
     def count_tokens(self, text: str, *, add_special_tokens: bool = False) -> int:
-        return len(self._encode(text, add_special_tokens))
-
-    def _encode(self, text: str, add_special_tokens: bool) -> list[int]:
-        if self.tokenizer is None:
-            raise EngineError("the engine has not started", status=503, code="engine_not_ready")
-        if self._encoder is not None:
-            return list(self._encoder.encode(text, add_special_tokens=add_special_tokens).ids)
-        return list(self.tokenizer.encode(text, add_special_tokens=add_special_tokens))
+        return len(started(self._prompts).encode(text, add_special_tokens))
 
     def stats(self) -> EngineStats:
         s = self._scheduler
@@ -155,15 +147,7 @@ class LocalEngine:
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationEvent]:
         scheduler = self._live()
-        _check_params(request)
-        ids = self._encode(request.prompt, request.add_special_tokens)
-        if not ids:
-            raise EngineError("the prompt is empty", status=400, code="invalid_request_error", param="prompt")
-        if len(ids) + request.params.max_tokens > self._context:
-            raise EngineError(
-                f"the prompt has {len(ids)} tokens and max_tokens is {request.params.max_tokens}, over this "
-                f"model's context of {self._context} tokens; shorten the messages or lower max_tokens",
-                status=400, code="context_length_exceeded", param="messages")
+        ids = prompt_ids(self._prompts, request, self._context)
         adapter = request.adapter
         if adapter is not None:
             self._adapters.acquire(adapter)
@@ -195,17 +179,3 @@ class LocalEngine:
             if not sub.ended:
                 sub.cancelled = True  # the client went away: the scheduler drops its rows
                 scheduler.wake()
-
-
-def _check_params(request: GenerationRequest) -> None:
-    p = request.params
-    problems = [
-        (p.max_tokens < 1, "max_tokens", "max_tokens must be at least 1"),
-        (p.n < 1, "n", "n must be at least 1"),
-        (p.temperature < 0, "temperature", "temperature must be 0 or more"),
-        (not 0 < p.top_p <= 1, "top_p", "top_p must be in (0, 1]"),
-        (p.top_logprobs < 0 or p.top_logprobs > 20, "top_logprobs", "top_logprobs must be between 0 and 20"),
-    ]
-    for bad, param, message in problems:
-        if bad:
-            raise EngineError(message, status=400, code="invalid_request_error", param=param)

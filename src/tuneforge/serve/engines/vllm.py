@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from tuneforge.serve.engines._adapters import AdapterTable, verify
+from tuneforge.serve.engines._prompt import PromptEncoder, prompt_ids, started
 from tuneforge.serve.engines._vllm_process import LaunchSpec, VllmProcess, find_python
 from tuneforge.serve.engines.base import (
     AdapterSpec,
@@ -32,7 +33,6 @@ from tuneforge.serve.engines.base import (
     GenerationRequest,
     TokenLogprob,
 )
-from tuneforge.serve.engines.local import _check_params  # the same parameter rules on both engines
 from tuneforge.serve.server import ServeError
 from tuneforge.workspace import Workspace
 
@@ -60,7 +60,7 @@ class VllmEngine:
         self.contract: Any = None
         self.tokenizer: Any = None
         self.process: VllmProcess | None = None
-        self._encoder: Any = None
+        self._prompts: PromptEncoder | None = None
         self._context = 0
         self._adapters = AdapterTable(cfg.serve.max_loaded_adapters)
         self._client: Any = None
@@ -97,7 +97,7 @@ class VllmEngine:
         self.tokenizer = load_tokenizer(resolved)
         self.contract = load_contract(resolved, self.tokenizer)
         self.base_model = resolved.name
-        self._encoder = getattr(self.tokenizer, "backend_tokenizer", None)
+        self._prompts = PromptEncoder(self.tokenizer)
         config = json.loads((resolved.path / "config.json").read_text())
         limit = int(config.get("max_position_embeddings") or self.settings.max_model_len)
         self._context = min(limit, self.settings.max_model_len)
@@ -161,14 +161,7 @@ class VllmEngine:
         return self._context
 
     def count_tokens(self, text: str, *, add_special_tokens: bool = False) -> int:
-        return len(self._encode(text, add_special_tokens))
-
-    def _encode(self, text: str, add_special_tokens: bool) -> list[int]:
-        if self.tokenizer is None:
-            raise EngineError("the engine has not started", status=503, code="engine_not_ready")
-        if self._encoder is not None:
-            return list(self._encoder.encode(text, add_special_tokens=add_special_tokens).ids)
-        return list(self.tokenizer.encode(text, add_special_tokens=add_special_tokens))
+        return len(started(self._prompts).encode(text, add_special_tokens))
 
     def stats(self) -> EngineStats:
         return EngineStats(running=len(self._inflight), waiting=0, loaded_adapters=self._adapters.names())
@@ -322,15 +315,7 @@ class VllmEngine:
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationEvent]:
         proc = self._check_ready()
         p = request.params
-        _check_params(request)
-        n_prompt = len(self._encode(request.prompt, request.add_special_tokens))
-        if not n_prompt:
-            raise EngineError("the prompt is empty", status=400, code="invalid_request_error", param="prompt")
-        if n_prompt + p.max_tokens > self._context:
-            raise EngineError(
-                f"the prompt has {n_prompt} tokens and max_tokens is {p.max_tokens}, over this model's context "
-                f"of {self._context} tokens; shorten the messages or lower max_tokens",
-                status=400, code="context_length_exceeded", param="messages")
+        n_prompt = len(prompt_ids(self._prompts, request, self._context))
         adapter = request.adapter
         if adapter is not None:
             self._adapters.acquire(adapter)
