@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import time
@@ -519,11 +520,13 @@ def create_app(settings: ServeSettings, engine: Engine, catalog: Catalog, *, rou
                 special = False
             else:
                 prompt, special = body.text(), True
-            n_prompt = engine.count_tokens(prompt, add_special_tokens=special)
+            ids = tuple(engine.encode(prompt, add_special_tokens=special))  # once: the engine reuses them
+            n_prompt = len(ids)
             params = _sampling(gw, body, n_prompt, limit, json_mode=json_mode, logprobs=logprobs,
                                top_logprobs=top)
             adapter = t.served_name if t.version is not None else None
-            return prompt, GenerationRequest(rid, prompt, params, adapter, add_special_tokens=special)
+            return prompt, GenerationRequest(rid, prompt, params, adapter, add_special_tokens=special,
+                                             prompt_ids=ids)
 
         prompt, gen_request = await prepare(target)
         endpoint = "chat" if chat else "completions"
@@ -660,7 +663,7 @@ def create_app(settings: ServeSettings, engine: Engine, catalog: Catalog, *, rou
         shadow_rid = f"{rid}-shadow-{target.served_name}"
         try:
             prompt, req = await prepare(target)
-            req = GenerationRequest(shadow_rid, req.prompt, req.params, req.adapter, req.add_special_tokens)
+            req = dataclasses.replace(req, request_id=shadow_rid)
             async for ev in gw.events(target, req):
                 out.add(ev)
         except asyncio.CancelledError:

@@ -46,7 +46,8 @@ def check_params(request: GenerationRequest) -> None:
 def prompt_ids(prompts: PromptEncoder | None, request: GenerationRequest, context: int) -> list[int]:
     """The request's prompt ids once its parameters, length and room in the context are valid."""
     check_params(request)
-    ids = started(prompts).encode(request.prompt, request.add_special_tokens)
+    ids = (list(request.prompt_ids) if request.prompt_ids is not None
+           else started(prompts).encode(request.prompt, request.add_special_tokens))
     if not ids:
         raise EngineError("the prompt is empty", status=400, code="invalid_request_error", param="prompt")
     max_tokens = request.params.max_tokens

@@ -45,6 +45,9 @@ class GenerationRequest:
     params: SamplingParams = field(default_factory=SamplingParams)
     adapter: str | None = None  # an AdapterSpec.name; None = the base model
     add_special_tokens: bool = False  # the rendered template already holds BOS etc.
+    # The gateway's encoding of ``prompt`` (it counts tokens for the context check and usage anyway);
+    # engines encode the prompt themselves only when this is None.
+    prompt_ids: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -104,6 +107,8 @@ class Engine(Protocol):
     def max_context(self) -> int: ...
 
     def count_tokens(self, text: str, *, add_special_tokens: bool = False) -> int: ...
+
+    def encode(self, text: str, *, add_special_tokens: bool = False) -> list[int]: ...
 
     async def load_adapter(self, adapter: AdapterSpec) -> None:
         """Make an adapter resident. Raises EngineError (400) on a contract/checksum mismatch or

@@ -161,7 +161,10 @@ class VllmEngine:
         return self._context
 
     def count_tokens(self, text: str, *, add_special_tokens: bool = False) -> int:
-        return len(started(self._prompts).encode(text, add_special_tokens))
+        return len(self.encode(text, add_special_tokens=add_special_tokens))
+
+    def encode(self, text: str, *, add_special_tokens: bool = False) -> list[int]:
+        return started(self._prompts).encode(text, add_special_tokens)
 
     def stats(self) -> EngineStats:
         return EngineStats(running=len(self._inflight), waiting=0, loaded_adapters=self._adapters.names())
