@@ -11,7 +11,8 @@ Adapters are random-init LoRA (r=16, all projections): speed does not depend on 
 
 Writes benchmarks/results/bench_serve.json. Other systems plug in as runners: a runner is an async
 function (prompts, adapter names, concurrency) -> Measurement; see RUNNERS (vLLM CPU and the
-gateway overhead columns are added there).
+gateway columns are added there). With --vllm, ``gateway_overhead`` in the JSON is what the gateway
+adds to one request at a time (paired requests through the gateway and straight to vLLM).
 """
 
 from __future__ import annotations
@@ -189,13 +190,32 @@ RUNNERS: dict[str, Runner] = {}
 # -- vLLM columns (--vllm): our gateway over the vllm engine, and vLLM's own server alone ------------
 
 
+async def timed_stream(client: Any, model: str, prompt: str, max_tokens: int) -> tuple[float, float, int]:
+    """One streamed completion: (time to first token, end to end, completion tokens)."""
+    start = time.perf_counter()
+    first = None
+    tokens = 0
+    stream = await client.completions.create(model=model, prompt=prompt, max_tokens=max_tokens, temperature=0.0,
+                                             stream=True, stream_options={"include_usage": True})
+    async for chunk in stream:
+        if first is None and chunk.choices and chunk.choices[0].text:
+            first = time.perf_counter() - start
+        if chunk.usage is not None:
+            tokens += chunk.usage.completion_tokens
+    return first or 0.0, time.perf_counter() - start, tokens
+
+
+def http_client(url: str, api_key: str) -> Any:
+    import openai
+
+    return openai.AsyncOpenAI(base_url=url + "/v1", api_key=api_key, max_retries=0, timeout=600)
+
+
 async def drive_http(url: str, api_key: str, system: str, prompts: list[str], adapters: list[str | None],
                      concurrency: int, max_tokens: int, base_name: str) -> Measurement:
     """Closed loop over HTTP with the openai SDK: streamed completions of the already-rendered prompts,
     so the gateway and vLLM alone do the same work."""
-    import openai
-
-    client = openai.AsyncOpenAI(base_url=url + "/v1", api_key=api_key, max_retries=0, timeout=600)
+    client = http_client(url, api_key)
     queue = list(enumerate(prompts))
     ttft: list[float] = []
     e2e: list[float] = []
@@ -205,18 +225,10 @@ async def drive_http(url: str, api_key: str, system: str, prompts: list[str], ad
         nonlocal tokens
         while queue:
             i, prompt = queue.pop(0)
-            start = time.perf_counter()
-            first = None
-            stream = await client.completions.create(
-                model=adapters[i % len(adapters)] or base_name, prompt=prompt, max_tokens=max_tokens,
-                temperature=0.0, stream=True, stream_options={"include_usage": True})
-            async for chunk in stream:
-                if first is None and chunk.choices and chunk.choices[0].text:
-                    first = time.perf_counter() - start
-                if chunk.usage is not None:
-                    tokens += chunk.usage.completion_tokens
-            e2e.append(time.perf_counter() - start)
-            ttft.append(first or 0.0)
+            first, total, n = await timed_stream(client, adapters[i % len(adapters)] or base_name, prompt, max_tokens)
+            ttft.append(first)
+            e2e.append(total)
+            tokens += n
 
     started = time.perf_counter()
     await asyncio.gather(*(one_client() for _ in range(concurrency)))
@@ -225,34 +237,89 @@ async def drive_http(url: str, api_key: str, system: str, prompts: list[str], ad
                        time.perf_counter() - started)
 
 
-def vllm_runners(ws: Any, made: list[tuple[str, Path]], stack: Any) -> dict[str, Runner]:
-    """Start the gateway with --engine vllm (closed by ``stack``) and return two runners: through the
-    gateway ("gateway-vllm") and straight to the vLLM server it manages ("vllm-alone"). The
-    difference of their e2e p50 is what the gateway adds."""
-    from tuneforge.config import load_config
-    from tuneforge.serve.server import ServerThread, build_app
+def start_gateway(made: list[tuple[str, Path]], tmp: Path, stack: Any) -> tuple[str, str, str, str]:
+    """``tuneforge serve --engine vllm`` in its own process, as deployed (a gateway thread inside this
+    process would share the GIL with the clients and inflate its latency). Returns the gateway URL,
+    the URL of the vLLM server it manages, the API key and the base model's served name."""
+    import subprocess
 
-    cfg = load_config(None, [f"model.base={BASE}", "serve.engine=vllm", "serve.request_log.enabled=false",
-                             "serve.max_concurrent_requests=256", "serve.vllm.max_num_seqs=16"])
-    cfg.serve.adapters = {name.split("@")[0]: str(path) for name, path in made}  # served as NAME@1
+    import httpx
+    import yaml
+
+    from tuneforge.serve.server import free_port
+
+    gateway_port, vllm_port = free_port(), free_port()
+    config = tmp / "bench-gateway.yaml"
+    config.write_text(yaml.safe_dump({
+        "model": {"base": BASE},
+        "serve": {"engine": "vllm", "request_log": {"enabled": False}, "max_concurrent_requests": 256,
+                  "adapters": {name.split("@")[0]: str(path) for name, path in made},  # served as NAME@1
+                  "vllm": {"port": vllm_port, "max_num_seqs": 16}},
+    }))
     key = "sk-bench"
-    server = ServerThread(build_app(cfg, ws, environ={"TUNEFORGE_API_KEY": key}), cfg).start(timeout=900)
-    stack.callback(server.stop)
-    engine = server.app.state.gateway.engine
-    base_name = engine.base_model
+    proc = subprocess.Popen([str(Path(sys.executable).with_name("tuneforge")), "serve", "--config", str(config),
+                             "--port", str(gateway_port)],
+                            env={**os.environ, "TUNEFORGE_API_KEY": key}, stdout=subprocess.DEVNULL)
+    stack.callback(lambda: (proc.terminate(), proc.wait(120)))
+    url = f"http://127.0.0.1:{gateway_port}"
+    deadline = time.monotonic() + 900
+    while True:
+        if proc.poll() is not None:
+            raise SystemExit(f"the gateway exited with {proc.returncode} during startup (see .tuneforge/serve/vllm.log)")
+        with contextlib.suppress(httpx.HTTPError):
+            ready = httpx.get(url + "/readyz", timeout=5)
+            if ready.status_code == 200:
+                return url, f"http://127.0.0.1:{vllm_port}", key, ready.json()["models"][0]
+        if time.monotonic() > deadline:
+            raise SystemExit("the gateway did not become ready within 900 s")
+        time.sleep(1)
+
+
+def vllm_runners(made: list[tuple[str, Path]], tmp: Path, stack: Any) -> tuple[dict[str, Runner], Any]:
+    """Two runners over one ``tuneforge serve --engine vllm`` process: through the gateway
+    ("gateway-vllm") and straight to the vLLM server it manages ("vllm-alone"), plus the paired
+    gateway-overhead measurement."""
+    url, vllm_url, key, base_name = start_gateway(made, tmp, stack)
 
     async def through_gateway(prompts: list[str], names: list[str | None], c: int, max_tokens: int) -> Measurement:
-        await drive_http(server.url, key, "warmup", prompts[:c], names, c, 4, base_name)  # loads the adapters
-        m = await drive_http(server.url, key, "gateway-vllm", prompts, names, c, max_tokens, base_name)
+        await drive_http(url, key, "warmup", prompts[:c], names, c, 4, base_name)  # loads the adapters
+        m = await drive_http(url, key, "gateway-vllm", prompts, names, c, max_tokens, base_name)
         print(m, file=sys.stderr)
         return m
 
     async def vllm_alone(prompts: list[str], names: list[str | None], c: int, max_tokens: int) -> Measurement:
-        m = await drive_http(engine.process.url, "unused", "vllm-alone", prompts, names, c, max_tokens, base_name)
+        m = await drive_http(vllm_url, "unused", "vllm-alone", prompts, names, c, max_tokens, base_name)
         print(m, file=sys.stderr)
         return m
 
-    return {"gateway-vllm": through_gateway, "vllm-alone": vllm_alone}
+    async def overhead(prompts: list[str], max_tokens: int) -> dict[str, Any]:
+        return await gateway_overhead(url, vllm_url, key, base_name, prompts, max_tokens)
+
+    return {"gateway-vllm": through_gateway, "vllm-alone": vllm_alone}, overhead
+
+
+async def gateway_overhead(url: str, vllm_url: str, key: str, base_name: str, prompts: list[str],
+                           max_tokens: int) -> dict[str, Any]:
+    """What the gateway adds, one request at a time: each prompt goes through the gateway and straight
+    to vLLM back to back (the order alternating, each over a kept-alive connection), and the
+    per-pair differences are summarised, so slow drifts of the machine cancel out."""
+    gateway, alone = http_client(url, key), http_client(vllm_url, "unused")
+    for client in (gateway, alone):  # connections open and the first-request paths warm
+        await timed_stream(client, base_name, prompts[0], 4)
+    pairs = []
+    for i, prompt in enumerate(prompts):
+        order = (gateway, alone) if i % 2 else (alone, gateway)
+        timings = {id(c): await timed_stream(c, base_name, prompt, max_tokens) for c in order}
+        pairs.append((timings[id(gateway)], timings[id(alone)]))
+    await gateway.close()
+    await alone.close()
+    result = {"requests": len(pairs), "max_tokens": max_tokens, "concurrency": 1,
+              "ttft_added_ms_p50": round(statistics.median(1000 * (g[0] - a[0]) for g, a in pairs), 2),
+              "e2e_added_ms_p50": round(statistics.median(1000 * (g[1] - a[1]) for g, a in pairs), 2),
+              "gateway_ttft_ms_p50": round(statistics.median(1000 * g[0] for g, _ in pairs), 1),
+              "vllm_alone_ttft_ms_p50": round(statistics.median(1000 * a[0] for _, a in pairs), 1)}
+    print("gateway overhead", result, file=sys.stderr)
+    return result
 
 
 def main() -> None:
@@ -269,6 +336,9 @@ def main() -> None:
     parser.add_argument("--no-baseline", action="store_true")
     parser.add_argument("--vllm", action="store_true",
                         help="also measure the gateway over the vllm engine and vLLM alone (needs `make vllm-env`)")
+    parser.add_argument("--overhead-requests", type=int, default=40,
+                        help="paired requests for the gateway-overhead measurement (with --vllm)")
+    parser.add_argument("--overhead-tokens", type=int, default=16)
     parser.add_argument("--out", type=Path, default=HERE / "results" / "bench_serve.json")
     args = parser.parse_args()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -277,16 +347,17 @@ def main() -> None:
         import torch
 
         torch.set_num_threads(args.threads)
-    results = asyncio.run(run(args))
+    results, overhead = asyncio.run(run(args))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     report = {"machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform()},
               "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), "base": BASE,
-              "max_tokens": args.max_tokens, "dtype": args.dtype, "threads": args.threads or None, "results": [asdict(r) for r in results]}
+              "max_tokens": args.max_tokens, "dtype": args.dtype, "threads": args.threads or None, "results": [asdict(r) for r in results],
+              "gateway_overhead": overhead}
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))
 
 
-async def run(args: argparse.Namespace) -> list[Measurement]:
+async def run(args: argparse.Namespace) -> tuple[list[Measurement], dict[str, Any] | None]:
     from tuneforge.models import load_tokenizer, resolve_model
     from tuneforge.serve.engines.base import AdapterSpec
     from tuneforge.serve.engines.local import LocalEngine
@@ -296,11 +367,14 @@ async def run(args: argparse.Namespace) -> list[Measurement]:
     resolved = resolve_model(BASE, ws)
     tokenizer = load_tokenizer(resolved)
     results: list[Measurement] = []
+    overhead = None
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp, contextlib.ExitStack() as stack:
         made = make_adapters(resolved.path, ws, Path(tmp), max(args.adapters))
         runners = dict(RUNNERS)
         if args.vllm:
-            runners.update(vllm_runners(ws, made, stack))
+            vllm, measure_overhead = vllm_runners(made, Path(tmp), stack)
+            runners.update(vllm)
+            overhead = await measure_overhead(chat_prompts(tokenizer, args.overhead_requests), args.overhead_tokens)
         engine = LocalEngine(BASE, workspace=ws, dtype=args.dtype, max_batch=args.max_batch,
                              max_loaded_adapters=max(1, max(args.adapters)))
         await engine.start()
@@ -323,7 +397,7 @@ async def run(args: argparse.Namespace) -> list[Measurement]:
                 for runner in runners.values():
                     results.append(await runner(prompts, names, c, args.max_tokens))
         await engine.stop()
-    return results
+    return results, overhead
 
 
 if __name__ == "__main__":

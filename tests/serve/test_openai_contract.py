@@ -87,12 +87,16 @@ def test_streaming_with_usage(client: openai.OpenAI) -> None:
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == full.choices[0].message.content
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
+    # after the role chunk, every chunk carries text or the finish reason (an engine's "accepted"
+    # marker, sent before the first token, never reaches the client)
+    assert all(c.choices[0].delta.content or c.choices[0].finish_reason for c in chunks[1:] if c.choices)
     last = chunks[-1]
     assert last.choices == [] and last.usage.completion_tokens == 8
     assert last.usage.prompt_tokens == full.usage.prompt_tokens
     # completions stream too, ending with [DONE] (the SDK stops there)
     parts = list(client.completions.create(model="support@2", prompt="Hi", max_tokens=3, stream=True))
     assert "".join(p.choices[0].text for p in parts if p.choices)
+    assert all(p.choices[0].text or p.choices[0].finish_reason for p in parts if p.choices)
 
 
 def test_stop_sequence_cuts_the_text(client: openai.OpenAI) -> None:

@@ -145,3 +145,16 @@ def test_config_adapters_are_served_without_the_registry(registered: Any, tmp_pa
     assert err.value.status == 404 and "faq@1" in err.value.message
     with pytest.raises(ModelError, match="not a trained adapter"):
         StaticSource({"x": tmp_path})
+
+
+def test_an_accepted_marker_is_not_a_token() -> None:
+    from tuneforge.serve.app import _Outcome
+    from tuneforge.serve.engines.base import GenerationEvent
+
+    out = _Outcome()
+    accepted = GenerationEvent(index=0, text="", prompt_tokens=7)
+    assert accepted.empty and out.add(accepted) == (None, 0)
+    assert out.ttft_s is None and out.prompt_tokens == 7 and out.text(0) == ""
+    gap, added = out.add(GenerationEvent(index=0, text="Hi", token_ids=(5,), prompt_tokens=7, completion_tokens=1))
+    assert out.ttft_s is not None and gap is None and added == 1 and out.text(0) == "Hi"
+    assert not GenerationEvent(index=0, text="", finish_reason="stop").empty  # a bare finish is news

@@ -80,14 +80,16 @@ class _Outcome:
 
     def add(self, ev: GenerationEvent) -> tuple[float | None, int]:
         """Record an event; returns (seconds since the previous event, tokens it added)."""
+        if ev.queue_time_s is not None and self.queue_s is None:
+            self.queue_s = ev.queue_time_s
+        self.prompt_tokens = ev.prompt_tokens or self.prompt_tokens
+        if ev.empty:  # accepted, nothing generated: no token timings
+            return None, 0
         now = time.perf_counter()
         gap = None if self.last is None else now - self.last
         if self.ttft_s is None:
             self.ttft_s = now - self.started
         self.last = now
-        if ev.queue_time_s is not None and self.queue_s is None:
-            self.queue_s = ev.queue_time_s
-        self.prompt_tokens = ev.prompt_tokens or self.prompt_tokens
         added = max(0, ev.completion_tokens - self.tokens.get(ev.index, 0))
         self.tokens[ev.index] = max(self.tokens.get(ev.index, 0), ev.completion_tokens)
         self.texts.setdefault(ev.index, []).append(ev.text)
@@ -155,7 +157,8 @@ class Gateway:
     async def template_dir(self, target: Target) -> Path:
         if target.version is None:
             return self.settings.base_dir
-        return await asyncio.to_thread(self.catalog.local_path, target.version)
+        known = self.catalog.cached_path(target.version)
+        return known if known is not None else await asyncio.to_thread(self.catalog.local_path, target.version)
 
     async def ensure_loaded(self, target: Target) -> None:
         if target.version is None:
@@ -245,6 +248,57 @@ class Gateway:
         task = asyncio.create_task(coro)
         self.background.add(task)
         task.add_done_callback(self.background.discard)
+
+
+def error_response(err: ApiError, rid: str) -> Any:
+    return JSONResponse(err.body(), status_code=err.status, headers={**err.headers(), "x-request-id": rid})
+
+
+class _RequestContext:
+    """Request id, the error envelope and the request counter, as a plain ASGI middleware.
+
+    Starlette's ``@app.middleware("http")`` runs every response through an extra task and memory
+    stream, which cost a streamed token a scheduling hop; this passes ``send`` straight through.
+    """
+
+    def __init__(self, app: Any, gw: Gateway) -> None:
+        self.app = app
+        self.gw = gw
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        rid = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"x-request-id"), None)
+        rid = rid or f"req-{uuid.uuid4().hex}"
+        scope.setdefault("state", {})["request_id"] = rid
+        status = 500
+        started = False
+
+        async def send_with_id(message: Any) -> None:
+            nonlocal status, started
+            if message["type"] == "http.response.start":
+                started, status = True, message["status"]
+                headers = [(k, v) for k, v in message.get("headers", []) if k != b"x-request-id"]
+                message["headers"] = [*headers, (b"x-request-id", rid.encode("latin-1"))]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        except Exception as exc:
+            if started:  # a streamed response failed after its headers went out: nothing to answer
+                raise
+            if isinstance(exc, ApiError):
+                err = exc
+            elif isinstance(exc, EngineError):
+                err = _from_engine(exc, rid)
+            else:
+                log.exception("unhandled error in request %s", rid)
+                err = ApiError(500, f"The server had an error processing request {rid}.", code="internal_error")
+            await error_response(err, rid)(scope, receive, send_with_id)
+        finally:
+            route = scope.get("route")  # the route template, so label values stay few
+            self.gw.metrics.requests.labels(getattr(route, "path", "unmatched"), str(status)).inc()
 
 
 def _validate(model: type, body: Any) -> Any:
@@ -383,27 +437,7 @@ def create_app(settings: ServeSettings, engine: Engine, catalog: Catalog, *, rou
     app = FastAPI(title="tuneforge gateway", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.gateway = gw
 
-    def error_response(err: ApiError, rid: str) -> Any:
-        return JSONResponse(err.body(), status_code=err.status, headers={**err.headers(), "x-request-id": rid})
-
-    @app.middleware("http")
-    async def request_id_and_errors(request: Request, call_next: Any) -> Any:
-        rid = request.headers.get("x-request-id") or f"req-{uuid.uuid4().hex}"
-        request.state.request_id = rid
-        try:
-            response = await call_next(request)
-        except ApiError as err:
-            response = error_response(err, rid)
-        except EngineError as exc:
-            response = error_response(_from_engine(exc, rid), rid)
-        except Exception:
-            log.exception("unhandled error in request %s", rid)
-            response = error_response(ApiError(500, f"The server had an error processing request {rid}.",
-                                               code="internal_error"), rid)
-        response.headers["x-request-id"] = rid
-        route = request.scope.get("route")  # the route template, so label values stay few
-        gw.metrics.requests.labels(getattr(route, "path", "unmatched"), str(response.status_code)).inc()
-        return response
+    app.add_middleware(_RequestContext, gw=gw)
 
     @app.exception_handler(404)
     async def not_found(request: Request, exc: Any) -> Any:
@@ -514,8 +548,9 @@ def create_app(settings: ServeSettings, engine: Engine, catalog: Catalog, *, rou
 
         async def prepare(t: Target) -> tuple[str, GenerationRequest]:
             if chat:
-                tpl = await asyncio.to_thread(gw.renderer.template_for, await gw.template_dir(t),
-                                              adapter=t.version is not None)
+                directory = await gw.template_dir(t)
+                tpl = gw.renderer.cached(directory) or await asyncio.to_thread(
+                    gw.renderer.template_for, directory, adapter=t.version is not None)
                 prompt = gw.renderer.render_chat(tpl, [m.model_dump(exclude_none=True) for m in body.messages])
                 special = False
             else:
@@ -614,10 +649,12 @@ def create_app(settings: ServeSettings, engine: Engine, catalog: Catalog, *, rou
                                  for i in range(body.n)])
                 if first is not None:
                     gw.observe(target, out, *out.add(first))
-                    yield chunk([piece(first)])
+                    if not first.empty:
+                        yield chunk([piece(first)])
                     async for ev in stream:
                         gw.observe(target, out, *out.add(ev))
-                        yield chunk([piece(ev)])
+                        if not ev.empty:
+                            yield chunk([piece(ev)])
                 if include_usage:
                     yield chunk([], {"prompt_tokens": out.prompt_tokens, "completion_tokens": out.completion_tokens,
                                      "total_tokens": out.prompt_tokens + out.completion_tokens})

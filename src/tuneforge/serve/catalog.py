@@ -230,6 +230,10 @@ class Catalog:
         variant = (pick(name) if pick else None) or self.default_variant(name)
         return self.lookup(name, variant, variant=variant)
 
+    def cached_path(self, version: ServedVersion) -> Path | None:
+        """The adapter directory of ``version`` when it is known without a registry call."""
+        return version.path if version.path is not None else self._paths.get(version.name)
+
     def local_path(self, version: ServedVersion) -> Path:
         """The adapter directory of ``version`` (fetched and verified by the registry once)."""
         if version.path is not None:

@@ -32,6 +32,10 @@ class Renderer:
         self._cache: dict[Path, Template] = {}
         self._lock = threading.Lock()
 
+    def cached(self, directory: Path) -> Template | None:
+        """The template already loaded for ``directory`` (no thread hop needed on the hot path)."""
+        return self._cache.get(directory)
+
     def template_for(self, directory: Path, *, adapter: bool) -> Template:
         with self._lock:
             found = self._cache.get(directory)

@@ -70,6 +70,13 @@ class GenerationEvent:
     logprobs: tuple[TokenLogprob, ...] = ()
     queue_time_s: float | None = None  # set on the first event of a request: time waiting for a slot
 
+    @property
+    def empty(self) -> bool:
+        """Carries nothing for the client. An engine may send one first to say it accepted the
+        request, so the gateway can start a streamed response while the prompt is prefilled
+        (failures after it reach a streaming client in-band rather than as an HTTP status)."""
+        return not self.text and not self.token_ids and self.finish_reason is None and not self.logprobs
+
 
 @dataclass(frozen=True)
 class EngineStats:
@@ -121,7 +128,8 @@ class Engine(Protocol):
 
     def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationEvent]:
         """Stream events for all ``n`` choices, interleaved. Raises EngineError before the first event
-        for bad input (unknown adapter: 404; prompt + max_tokens over the context: 400/413)."""
+        for bad input (unknown adapter: 404; prompt + max_tokens over the context: 400/413). The first
+        event may be ``empty`` (accepted, nothing generated yet)."""
         ...
 
     def stats(self) -> EngineStats: ...

@@ -318,14 +318,14 @@ class VllmEngine:
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationEvent]:
         proc = self._check_ready()
         p = request.params
-        n_prompt = len(prompt_ids(self._prompts, request, self._context))
+        ids = prompt_ids(self._prompts, request, self._context)
         adapter = request.adapter
         if adapter is not None:
             self._adapters.acquire(adapter)
         queue: asyncio.Queue[object] = asyncio.Queue()
         self._inflight.add(queue)
         # queue_time_s stays unset: vLLM queues internally and does not report how long.
-        tasks = [asyncio.create_task(self._choice(proc.url, request, i, n_prompt, queue)) for i in range(p.n)]
+        tasks = [asyncio.create_task(self._choice(proc.url, request, ids, i, queue)) for i in range(p.n)]
         try:
             remaining = p.n
             while remaining:
@@ -349,21 +349,24 @@ class VllmEngine:
             if adapter is not None:
                 self._adapters.release(adapter)
 
-    async def _choice(self, url: str, request: GenerationRequest, index: int, n_prompt: int,
+    async def _choice(self, url: str, request: GenerationRequest, ids: list[int], index: int,
                       queue: asyncio.Queue[object]) -> None:
         import httpx
 
+        n_prompt = len(ids)
         try:
-            body = _completion_body(request, index, self.base_model)
+            body = _completion_body(request, ids, index, self.base_model)
             async with self._client.stream("POST", url + "/v1/completions", json=body) as resp:
                 if resp.status_code != 200:
                     raise _http_error(resp.status_code, (await resp.aread()).decode(errors="replace"))
+                if index == 0:  # accepted: the gateway can start its response during the prefill
+                    queue.put_nowait(GenerationEvent(index=0, text="", prompt_tokens=n_prompt))
                 async for line in resp.aiter_lines():
                     if not line.startswith("data:"):
                         continue
                     data = line[5:].strip()
                     if data == "[DONE]":
-                        break
+                        continue  # read on to the end of the body, so the connection is kept for reuse
                     event = self._event(json.loads(data), index, n_prompt, request.params.top_logprobs)
                     if event is not None:
                         queue.put_nowait(event)
@@ -412,13 +415,14 @@ class VllmEngine:
         return token
 
 
-def _completion_body(request: GenerationRequest, index: int, base_model: str) -> dict[str, Any]:
+def _completion_body(request: GenerationRequest, ids: list[int], index: int, base_model: str) -> dict[str, Any]:
     p = request.params
     body: dict[str, Any] = {
-        "model": request.adapter or base_model, "prompt": request.prompt, "max_tokens": p.max_tokens,
+        # Token ids, not text: the gateway has tokenized the prompt already (with the same tokenizer
+        # files vLLM loaded), so vLLM starts prefill without tokenizing it again.
+        "model": request.adapter or base_model, "prompt": ids, "max_tokens": p.max_tokens,
         "temperature": p.temperature, "top_p": p.top_p, "n": 1, "stream": True,
-        "stream_options": {"include_usage": True, "continuous_usage_stats": True},
-        "add_special_tokens": request.add_special_tokens, "return_token_ids": True,
+        "stream_options": {"include_usage": True, "continuous_usage_stats": True}, "return_token_ids": True,
     }
     if p.stop:
         body["stop"] = list(p.stop)
