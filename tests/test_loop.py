@@ -130,6 +130,8 @@ def test_drift_retrain_canary_and_guardrail_rollback_end_to_end(overrides: list[
             rate(rid, "down" if variant == "canary" else "up")
         assert seen["canary"] >= 6 and seen["production"] > 0
         _wait(lambda: not gw.router.policy("support").weights.get("canary"), "the guardrail rollback")
+        # routing moves first, then the registry alias and the event record follow (enforce's order)
+        _wait(lambda: len(read_events(ws)) == 1, "the recorded guardrail event")
 
         assert "canary" not in registry.aliases("support")
         assert registry.aliases("support")["production"] == 1
