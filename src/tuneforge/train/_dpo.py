@@ -18,6 +18,7 @@ from tuneforge.config import TrainConfig
 from tuneforge.train import _launch
 from tuneforge.train._args import shared_args
 from tuneforge.train._artifacts import RunDirs
+from tuneforge.train._dropout import use_fast_dropout
 from tuneforge.train._tokenize import Pair
 
 
@@ -29,6 +30,8 @@ class _DPOTrainer(DPOTrainer):
         self._keep = keep
         super().__init__(*args, **kwargs)
         self.remove_callback(PrinterCallback)  # the caller's progress function reports instead
+        if self.args.device.type == "cpu":  # cheaper LoRA dropout masks, as in the SFT trainer
+            use_fast_dropout(self.model)
 
     def _save_checkpoint(self, model: Any, trial: Any) -> None:
         super()._save_checkpoint(model, trial)
