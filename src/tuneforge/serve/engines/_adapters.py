@@ -1,16 +1,20 @@
-"""Adapter residency for the local engine: verification, an LRU of loaded adapters, refcounts.
+"""Adapter residency for both engines: verification, an LRU of loaded adapters, refcounts.
 
 Verification (checksum, contract against the loaded base) runs before any weight touches the
 model, so a refused adapter leaves the engine exactly as it was. The table itself is shared by
-the event loop (which takes references when a request is accepted) and the scheduler thread
-(which drops them when the request ends), hence the lock.
+the event loop (which takes references when a request is accepted) and the local engine's
+scheduler thread (which drops them when the request ends), hence the lock. ``load`` and
+``drain`` hold the protocol every engine follows; the engines supply only how an adapter is
+installed in (or removed from) what actually serves it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -93,6 +97,34 @@ class AdapterTable:
             item = self._items.get(name)
             if item is not None and item.refs > 0:
                 item.refs -= 1
+
+    async def load(self, adapter: AdapterSpec, install: Callable[[], Awaitable[None]]) -> None:
+        """Make ``adapter`` resident once: a name already loaded from another path is refused (409),
+        a concurrent load of the same name is shared, and ``install`` (verify, evict with
+        ``pick_victim``, attach) runs only for the first caller; the adapter counts as resident
+        only if it returned."""
+        resident = self.get(adapter.name)
+        if resident is not None and resident.spec.path != adapter.path and not resident.draining:
+            raise EngineError(f"adapter name '{adapter.name}' is already loaded from {resident.spec.path}",
+                              status=409, code="adapter_name_in_use", param="model")
+        while self.loading(adapter.name):
+            await asyncio.sleep(0.02)
+        if not self.begin_load(adapter.name):
+            if self.get(adapter.name) is None:
+                raise EngineError(f"adapter '{adapter.name}' failed to load", status=400, code="adapter_invalid")
+            return
+        loaded = None
+        try:
+            await install()
+            loaded = adapter
+        finally:
+            self.end_load(adapter.name, loaded)
+
+    async def drain(self, name: str) -> None:
+        """Refuse new requests for ``name`` and wait until the running ones are done with it."""
+        self.start_drain(name)
+        while self.refs(name) > 0:
+            await asyncio.sleep(0.02)
 
     def begin_load(self, name: str) -> bool:
         """Reserve ``name`` for loading; False if it is resident or already loading."""

@@ -112,32 +112,19 @@ class LocalEngine:
 
     async def load_adapter(self, adapter: AdapterSpec) -> None:
         scheduler = self._live()
-        resident = self._adapters.get(adapter.name)
-        if resident is not None and resident.spec.path != adapter.path and not resident.draining:
-            raise EngineError(f"adapter name '{adapter.name}' is already loaded from {resident.spec.path}",
-                              status=409, code="adapter_name_in_use", param="model")
-        while self._adapters.loading(adapter.name):  # a concurrent load of the same name: share it
-            await asyncio.sleep(0.02)
-        if not self._adapters.begin_load(adapter.name):
-            if self._adapters.get(adapter.name) is None:
-                raise EngineError(f"adapter '{adapter.name}' failed to load", status=400, code="adapter_invalid")
-            return
-        loaded = None
-        try:
+
+        async def install() -> None:
             await asyncio.to_thread(verify, adapter, self.contract)
             victim = self._adapters.pick_victim()
             if victim is not None:
                 await self._detach(scheduler, victim)
             await asyncio.wrap_future(scheduler.call(lambda: scheduler.attach(adapter.name, str(adapter.path))))
-            loaded = adapter
-        finally:
-            self._adapters.end_load(adapter.name, loaded)
+
+        await self._adapters.load(adapter, install)
 
     async def unload_adapter(self, name: str) -> None:
         scheduler = self._live()
-        self._adapters.start_drain(name)
-        while self._adapters.refs(name) > 0:
-            await asyncio.sleep(0.02)
+        await self._adapters.drain(name)
         await self._detach(scheduler, name)
 
     async def _detach(self, scheduler: Scheduler, name: str) -> None:

@@ -243,27 +243,16 @@ class VllmEngine:
 
     async def load_adapter(self, adapter: AdapterSpec) -> None:
         self._check_ready()
-        resident = self._adapters.get(adapter.name)
-        if resident is not None and resident.spec.path != adapter.path and not resident.draining:
-            raise EngineError(f"adapter name '{adapter.name}' is already loaded from {resident.spec.path}",
-                              status=409, code="adapter_name_in_use", param="model")
-        while self._adapters.loading(adapter.name):  # a concurrent load of the same name: share it
-            await asyncio.sleep(0.02)
-        if not self._adapters.begin_load(adapter.name):
-            if self._adapters.get(adapter.name) is None:
-                raise EngineError(f"adapter '{adapter.name}' failed to load", status=400, code="adapter_invalid")
-            return
-        loaded = None
-        try:
+
+        async def install() -> None:
             meta = await asyncio.to_thread(verify, adapter, self.contract)
             self._check_servable(adapter, meta)
             victim = self._adapters.pick_victim()
             if victim is not None:
                 await self._post_unload(victim)
             await self._post_load(adapter)
-            loaded = adapter
-        finally:
-            self._adapters.end_load(adapter.name, loaded)
+
+        await self._adapters.load(adapter, install)
 
     def _check_servable(self, adapter: AdapterSpec, meta: dict[str, Any]) -> None:
         where = f"adapter {adapter.name} at {adapter.path}"
@@ -308,9 +297,7 @@ class VllmEngine:
 
     async def unload_adapter(self, name: str) -> None:
         self._live_process()
-        self._adapters.start_drain(name)
-        while self._adapters.refs(name) > 0:
-            await asyncio.sleep(0.02)
+        await self._adapters.drain(name)
         await self._post_unload(name)
 
     # -- generation --------------------------------------------------------------------------
