@@ -111,36 +111,46 @@ def make_adapters(base_dir: Path, ws: Any, out: Path, count: int) -> list[tuple[
 # -- systems ------------------------------------------------------------------------------------
 
 
-async def drive_engine(engine: Any, system: str, prompts: list[str], adapters: list[str | None], concurrency: int,
-                       max_tokens: int) -> Measurement:
-    """Closed loop: ``concurrency`` clients, each sending its next prompt when the last one ends."""
-    from tuneforge.serve.engines.base import GenerationRequest, SamplingParams
+Timed = tuple[float, float, int]  # one request: time to first token, end to end, completion tokens
 
+
+async def closed_loop(system: str, prompts: list[str], adapters: list[str | None], concurrency: int,
+                      one: Callable[[int, str, str | None], Awaitable[Timed]]) -> Measurement:
+    """``concurrency`` clients, each sending its next prompt when the last one ends; ``one`` sends
+    prompt ``i`` (round-robin over ``adapters``) and times it."""
     queue = list(enumerate(prompts))
-    ttft: list[float] = []
-    e2e: list[float] = []
-    tokens = 0
+    timed: list[Timed] = []
 
     async def client() -> None:
-        nonlocal tokens
         while queue:
             i, prompt = queue.pop(0)
-            request = GenerationRequest(f"b{i}", prompt, SamplingParams(max_tokens=max_tokens, temperature=0.0),
-                                        adapter=adapters[i % len(adapters)])
-            start = time.perf_counter()
-            first = None
-            async for ev in engine.generate(request):
-                if first is None:
-                    first = time.perf_counter() - start
-                if ev.finish_reason is not None:
-                    tokens += ev.completion_tokens
-            e2e.append(time.perf_counter() - start)
-            ttft.append(first or 0.0)
+            timed.append(await one(i, prompt, adapters[i % len(adapters)]))
 
     started = time.perf_counter()
     await asyncio.gather(*(client() for _ in range(concurrency)))
-    n_adapters = len({a for a in adapters if a})
-    return measurement(system, n_adapters, concurrency, ttft, e2e, tokens, time.perf_counter() - started)
+    return measurement(system, len({a for a in adapters if a}), concurrency, [t[0] for t in timed],
+                       [t[1] for t in timed], sum(t[2] for t in timed), time.perf_counter() - started)
+
+
+async def drive_engine(engine: Any, system: str, prompts: list[str], adapters: list[str | None], concurrency: int,
+                       max_tokens: int) -> Measurement:
+    """Closed loop straight on an engine (no HTTP)."""
+    from tuneforge.serve.engines.base import GenerationRequest, SamplingParams
+
+    async def one(i: int, prompt: str, adapter: str | None) -> Timed:
+        request = GenerationRequest(f"b{i}", prompt, SamplingParams(max_tokens=max_tokens, temperature=0.0),
+                                    adapter=adapter)
+        start = time.perf_counter()
+        first = None
+        tokens = 0
+        async for ev in engine.generate(request):
+            if first is None:
+                first = time.perf_counter() - start
+            if ev.finish_reason is not None:
+                tokens += ev.completion_tokens
+        return first or 0.0, time.perf_counter() - start, tokens
+
+    return await closed_loop(system, prompts, adapters, concurrency, one)
 
 
 def hf_sequential(base_dir: Path, adapter_dirs: list[tuple[str, Path]], prompts: list[str], adapters: list[str | None],
@@ -190,7 +200,7 @@ RUNNERS: dict[str, Runner] = {}
 # -- vLLM columns (--vllm): our gateway over the vllm engine, and vLLM's own server alone ------------
 
 
-async def timed_stream(client: Any, model: str, prompt: str, max_tokens: int) -> tuple[float, float, int]:
+async def timed_stream(client: Any, model: str, prompt: str, max_tokens: int) -> Timed:
     """One streamed completion: (time to first token, end to end, completion tokens)."""
     start = time.perf_counter()
     first = None
@@ -216,25 +226,14 @@ async def drive_http(url: str, api_key: str, system: str, prompts: list[str], ad
     """Closed loop over HTTP with the openai SDK: streamed completions of the already-rendered prompts,
     so the gateway and vLLM alone do the same work."""
     client = http_client(url, api_key)
-    queue = list(enumerate(prompts))
-    ttft: list[float] = []
-    e2e: list[float] = []
-    tokens = 0
 
-    async def one_client() -> None:
-        nonlocal tokens
-        while queue:
-            i, prompt = queue.pop(0)
-            first, total, n = await timed_stream(client, adapters[i % len(adapters)] or base_name, prompt, max_tokens)
-            ttft.append(first)
-            e2e.append(total)
-            tokens += n
+    async def one(i: int, prompt: str, adapter: str | None) -> Timed:
+        return await timed_stream(client, adapter or base_name, prompt, max_tokens)
 
-    started = time.perf_counter()
-    await asyncio.gather(*(one_client() for _ in range(concurrency)))
-    await client.close()
-    return measurement(system, len({a for a in adapters if a}), concurrency, ttft, e2e, tokens,
-                       time.perf_counter() - started)
+    try:
+        return await closed_loop(system, prompts, adapters, concurrency, one)
+    finally:
+        await client.close()
 
 
 def start_gateway(made: list[tuple[str, Path]], tmp: Path, stack: Any) -> tuple[str, str, str, str]:
@@ -308,9 +307,13 @@ async def gateway_overhead(url: str, vllm_url: str, key: str, base_name: str, pr
         await timed_stream(client, base_name, prompts[0], 4)
     pairs = []
     for i, prompt in enumerate(prompts):
-        order = (gateway, alone) if i % 2 else (alone, gateway)
-        timings = {id(c): await timed_stream(c, base_name, prompt, max_tokens) for c in order}
-        pairs.append((timings[id(gateway)], timings[id(alone)]))
+        if i % 2:
+            through = await timed_stream(gateway, base_name, prompt, max_tokens)
+            direct = await timed_stream(alone, base_name, prompt, max_tokens)
+        else:
+            direct = await timed_stream(alone, base_name, prompt, max_tokens)
+            through = await timed_stream(gateway, base_name, prompt, max_tokens)
+        pairs.append((through, direct))
     await gateway.close()
     await alone.close()
     result = {"requests": len(pairs), "max_tokens": max_tokens, "concurrency": 1,
