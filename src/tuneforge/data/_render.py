@@ -69,8 +69,7 @@ def _conversations(row: Row) -> list[list[dict[str, Any]]]:
 
 
 def render_texts_batch(tokenizer: Any, rows: list[Row]) -> list[list[str]]:
-    """The rendered training text(s) of each row, without span bookkeeping (the fast path): one
-    batched ``apply_chat_template`` call for all of them.
+    """``render_texts`` of each row, with one batched ``apply_chat_template`` call for all of them.
 
     transformers renders a list of conversations in one call; its per-call set-up (template
     lookup, special-token map) is then paid once per batch instead of once per row.
@@ -83,3 +82,15 @@ def render_texts_batch(tokenizer: Any, rows: list[Row]) -> list[list[str]]:
         [next(rendered) for _ in convs] if convs else [row.data["text"] + eos]
         for row, convs in zip(rows, per_row, strict=True)
     ]
+
+
+def render_texts(tokenizer: Any, row: Row) -> list[str]:
+    """The rendered training text(s) of a row, without span bookkeeping (the fast path)."""
+    if row.kind == CHAT:
+        return [_template(tokenizer, row.data["messages"])]
+    if row.kind == PREFERENCE:
+        return [
+            _template(tokenizer, row.data["prompt"] + row.data["chosen"]),
+            _template(tokenizer, row.data["prompt"] + row.data["rejected"]),
+        ]
+    return [row.data["text"] + (tokenizer.eos_token or "")]
