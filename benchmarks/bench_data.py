@@ -2,10 +2,12 @@
 
 Both run in this script on the same synthetic support-ticket rows (chat format, ~5% duplicates,
 ~10% with PII) with dedup and PII redaction on. Each measurement runs in a fresh subprocess whose
-whole process tree is sampled for peak memory (PSS: shared pages counted once).
+whole process tree is sampled for peak memory (PSS: shared pages counted once). Each
+measurement is repeated (``--repeat``, alternating the two at a size) and reported as the median
+wall time: on a shared 2-core machine single runs of the same code vary by 20%.
 
     python benchmarks/bench_data.py                      # 10k, 100k, 1M rows (baseline at 10k)
-    python benchmarks/bench_data.py --sizes 10000 --baseline-sizes 10000
+    python benchmarks/bench_data.py --sizes 10000 --baseline-sizes 10000 --repeat 1
 
 Writes benchmarks/results/bench_data.json.
 """
@@ -19,6 +21,7 @@ import os
 import platform
 import random
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -34,6 +37,8 @@ ISSUES = ["keeps crashing when I open", "charged me twice for", "returns a 500 e
 FILLER = ["since", "the", "last", "update", "yesterday", "and", "my", "whole", "team", "is", "blocked", "please", "look", "into", "it", "as", "soon", "as", "possible", "we", "have", "tried", "clearing", "the", "cache", "reinstalling", "and", "switching", "browsers", "but", "nothing", "works"]
 PII = ["reach me at {n}.doe@example.com", "call +1 415-555-{n:04d}", "card 4111 1111 1111 1111 charged",
        "from IP 10.0.{a}.{b}", "see https://status.example.com/incidents/{n}"]
+# Customers sign some tickets; about one ticket in ten then has text beyond ASCII.
+SIGNATURES = ["Zoë Müller", "José Núñez", "François Lefèvre", "Łukasz Wójcik", "田中 太郎", "Søren Ødegård"]
 SYSTEM = "Classify the support ticket. Answer with a JSON object with category, priority and summary."
 
 
@@ -48,6 +53,8 @@ def synth_rows(n: int, seed: int = 0):
         text = f"Ticket {i}: the {rng.choice(PRODUCTS)} {rng.choice(ISSUES)} {rng.choice(PRODUCTS)} " + " ".join(words)
         if rng.random() < 0.10:
             text += ", " + rng.choice(PII).format(n=i % 10000, a=i % 250, b=(i * 7) % 250)
+        if rng.random() < 0.10:
+            text += f". Thanks, {rng.choice(SIGNATURES)}"
         answer = json.dumps({"category": rng.choice(["bug", "billing"]), "priority": rng.choice(["low", "high"]),
                              "summary": " ".join(words[:6])})
         line = json.dumps({"messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": text},
@@ -95,6 +102,13 @@ def measure(cmd: list[str], env: dict[str, str]) -> dict:
     return {"wall_s": round(time.perf_counter() - started, 2), "cpu_s": round(cpu, 2),
             "peak_pss_mib": round(peak / 2**20, 1),
             **json.loads(out.strip().splitlines()[-1])}
+
+
+def summarise(runs: list[dict]) -> dict:
+    """The median run by wall time, with every run's wall and CPU seconds and the highest peak memory."""
+    median = sorted(runs, key=lambda r: r["wall_s"])[len(runs) // 2]
+    return {**median, "peak_pss_mib": max(r["peak_pss_mib"] for r in runs),
+            "runs": [{"wall_s": r["wall_s"], "cpu_s": r["cpu_s"]} for r in runs]}
 
 
 OURS = """
@@ -149,6 +163,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     ap.add_argument("--baseline-sizes", type=int, nargs="*", default=[10_000])
+    ap.add_argument("--repeat", type=int, default=3, help="runs per measurement; the median is reported")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "bench_data.json")
     args = ap.parse_args()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
@@ -163,18 +178,20 @@ def main() -> None:
             src = Path(tmp) / f"rows-{n}.jsonl"
             write_input(src, n)
             entry: dict = {"rows": n, "input_mib": round(src.stat().st_size / 2**20, 1)}
-            if n in args.sizes:
-                r = measure([sys.executable, "-c", OURS, str(src), str(Path(tmp) / f"ours-{n}")], env)
+            runs: dict[str, list[dict]] = {}
+            for _ in range(args.repeat):
+                for name, script, wanted in (("tuneforge", OURS, args.sizes), ("baseline", BASELINE, args.baseline_sizes)):
+                    if n in wanted:
+                        out = Path(tmp) / "out"
+                        runs.setdefault(name, []).append(measure([sys.executable, "-c", script, str(src), str(out)], env))
+                        shutil.rmtree(out, ignore_errors=True)
+                        out.unlink(missing_ok=True)
+            for name, rs in runs.items():
+                entry[name] = r = summarise(rs)
                 r["rows_per_s"] = round(n / r["wall_s"])
                 r["rows_per_cpu_s"] = round(n / r["cpu_s"])
-                entry["tuneforge"] = r
-            if n in args.baseline_sizes:
-                r = measure([sys.executable, "-c", BASELINE, str(src), str(Path(tmp) / f"base-{n}.json")], env)
-                r["rows_per_s"] = round(n / r["wall_s"])
-                r["rows_per_cpu_s"] = round(n / r["cpu_s"])
-                entry["baseline"] = r
-                if "tuneforge" in entry:
-                    entry["speedup"] = round(entry["tuneforge"]["rows_per_s"] / r["rows_per_s"], 1)
+            if "tuneforge" in entry and "baseline" in entry:
+                entry["speedup"] = round(entry["tuneforge"]["rows_per_s"] / entry["baseline"]["rows_per_s"], 1)
             entry["load_avg_1m_after"] = round(os.getloadavg()[0], 2)  # >2 on 2 cores: other work competed
             results.append(entry)
             print(json.dumps(entry), flush=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import shutil
 from pathlib import Path
@@ -254,6 +255,8 @@ def test_workers_do_not_change_the_result(tmp_path: Path, tiny_model_dir: Path) 
     assert parallel.manifest["timings"]["workers"] == 2
     assert serial.fingerprint == parallel.fingerprint
     assert serial.counts == parallel.counts
+    # The heap is frozen only while the workers fork; the caller's collector is left as it was.
+    assert gc.get_freeze_count() == 0
 
 
 def test_reject_reason_names_are_stable() -> None:

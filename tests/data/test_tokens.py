@@ -61,6 +61,28 @@ def test_counts_by_piece_equal_the_tokenizer(tokenizer) -> None:
     # Later batches come from remembered pieces (the shared system turn) and still agree.
     assert counter.counts(texts[::-1]) == expected[::-1]
     assert counter.counts([]) == []
+    assert counter.by_piece  # the first batch's check against whole texts did not switch it off
+
+
+def test_words_count_like_the_tokenizer(tokenizer) -> None:
+    import random
+
+    from tuneforge.data._tokens import _ByteLevelWords
+
+    backend = tokenizer.backend_tokenizer
+    words = _ByteLevelWords.for_backend(backend)
+    assert words is not None  # SmolLM2: a lone ByteLevel pre-tokenizer over BPE
+    rng = random.Random(0)
+    alphabet = "aZ9 '\t\n\r.,!?-_{}\":;/@#" + "sStTdDmlrve" + "éÀÿŁžßÆø" + "’“”–—…€"
+    texts = ["don't", "It'S", "we'll've", "   ", "a  b", "x   \n\n  y", "\r\n\t", "12345 678", "!!!...",
+             "trailing  ", " lead", "e-mail: jane.doe@example.com", "'", "''s", "\n",
+             "Thanks, Zoë Müller", "Łukasz Wójcik’s “quote” — done…", "€42,50 café", "naïve  façade’s"]
+    texts += ["".join(rng.choice(alphabet) for _ in range(rng.randint(1, 40))) for _ in range(3000)]
+    expected = [len(e) for e in backend.encode_batch(texts, add_special_tokens=False)]
+    assert [words.count(t) for t in texts] == expected
+    # Characters whose class could differ between regex engines are left to the library.
+    for text in ("a\x0bb", "\x1f", "田中", "x\u00a0y", "x²", "1×2", "a\u2028b", "🙂"):
+        assert words.count(text) is None, text
 
 
 def test_counts_match_on_real_rows(tokenizer, tmp_path: Path) -> None:

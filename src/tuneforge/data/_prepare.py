@@ -7,6 +7,7 @@ file, line and reason.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import heapq
 import json
@@ -403,8 +404,7 @@ def _run(
         proc.warm_up()
         # Under fork, initargs are inherited, not pickled; spawned workers build their own.
         prebuilt = proc if context.get_start_method() == "fork" else None
-        with ProcessPoolExecutor(workers, initializer=init_worker, initargs=(pspec, prebuilt),
-                                 mp_context=context) as pool:
+        with _start_pool(workers, pspec, prebuilt, context) as pool:
             pending: deque[tuple[Future, str, int]] = deque()
             for spec in specs:
                 for chunk, fmt in _counted(spec, dcfg.chunk_size, tally):
@@ -553,6 +553,30 @@ def _prompt_text(value: dict[str, Any]) -> str:
         if isinstance(value.get(k), str):
             parts.append(value[k])
     return "\n".join(parts)
+
+
+def _start_pool(workers: int, spec: ProcessSpec, prebuilt: ChunkProcessor | None, context: Any) -> ProcessPoolExecutor:
+    """A pool whose workers are already running, forked with the parent's heap frozen.
+
+    The parent holds millions of objects from importing torch, transformers and presidio. A
+    forked worker's collector would walk all of them (and touch their pages, un-sharing them
+    copy-on-write) whenever it collects its oldest generation; frozen before the fork, they are
+    skipped, as Python's gc documentation recommends for fork without exec. A fork pool starts
+    every worker on its first submit, so the parent unfreezes right after and its own heap is
+    collected as usual (a worker the pool started later would only miss the saving).
+    """
+    pool = ProcessPoolExecutor(workers, initializer=init_worker, initargs=(spec, prebuilt), mp_context=context)
+    # No gc.collect() first (a quarter second on this heap): garbage frozen now is collected in the
+    # parent after unfreezing, and in a worker it only stays in pages it shares with the parent.
+    gc.freeze()
+    try:
+        pool.submit(os.getpid).result()
+    except BaseException:
+        pool.shutdown(cancel_futures=True)
+        raise
+    finally:
+        gc.unfreeze()
+    return pool
 
 
 def _pool_context() -> Any:
