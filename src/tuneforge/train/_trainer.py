@@ -57,7 +57,7 @@ class _Trainer(SFTTrainer):
         self._trained_head = not fused_head and not any(getattr(c, "is_prompt_learning", False)
                                                         for c in peft_config.values())
         self._bf16_adapters = not fused_head and bool(self.args.bf16) and bool(peft_config)
-        if not fused_head:  # CPU: nn.Dropout's per-element Bernoulli draws were ~20% of a LoRA step
+        if self.args.device.type == "cpu":  # nn.Dropout's per-element Bernoulli draws were ~20% of a LoRA step
             use_fast_dropout(self.model)
 
     def train(self, *args: Any, **kwargs: Any) -> Any:
