@@ -202,7 +202,7 @@ class Gateway:
     def observe(self, target: Target, out: _Outcome, gap: float | None, added: int) -> None:
         if gap is not None and added > 0:
             if out.itl is None:
-                out.itl = self.metrics.itl.labels(*self.labels(target))
+                out.itl = self.metrics.of(*self.labels(target)).itl
             out.itl.observe(gap / added)
 
     def finish(self, *, rid: str, endpoint: str, key: KeyInfo, user: str | None, requested: str,
@@ -215,13 +215,14 @@ class Gateway:
         finish_reasons = sorted(set(out.finish.values())) if out else []
         if target is not None and out is not None and status == 200:
             labels = self.labels(target)
-            self.metrics.e2e.labels(*labels).observe(latency or 0.0)
+            m = self.metrics.of(*labels)
+            m.e2e.observe(latency or 0.0)
             if out.ttft_s is not None:
-                self.metrics.ttft.labels(*labels).observe(out.ttft_s)
+                m.ttft.observe(out.ttft_s)
             if out.queue_s is not None:
-                self.metrics.queue.labels(*labels).observe(out.queue_s)
-            self.metrics.prompt_tokens.labels(*labels).inc(prompt_tokens)
-            self.metrics.generation_tokens.labels(*labels).inc(completion_tokens)
+                m.queue.observe(out.queue_s)
+            m.prompt_tokens.inc(prompt_tokens)
+            m.generation_tokens.inc(completion_tokens)
             for reason in out.finish.values():
                 self.metrics.success.labels(*labels, reason).inc()
         if not shadow:
@@ -628,13 +629,16 @@ def create_app(settings: ServeSettings, engine: Engine, catalog: Catalog, *, rou
 
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
 
+        # What every chunk repeats is encoded once: a chunk then costs one small json.dumps
+        head = "data: " + json.dumps({"id": obj_id, "object": "chat.completion.chunk" if chat else "text_completion",
+                                      "created": created, "model": target.served_name}, ensure_ascii=False)
+        head_bytes = (head[:-1] + ', "choices": ').encode()
+
         def chunk(choices: list[dict[str, Any]], usage: Any = None) -> bytes:
-            obj: dict[str, Any] = {"id": obj_id, "object": "chat.completion.chunk" if chat else "text_completion",
-                                   "created": created, "model": target.served_name, "choices": choices,
-                                   "system_fingerprint": None}
+            out = head_bytes + json.dumps(choices, ensure_ascii=False).encode() + b', "system_fingerprint": null'
             if include_usage:
-                obj["usage"] = usage
-            return _sse(obj)
+                out += b', "usage": ' + json.dumps(usage).encode()
+            return out + b"}\n\n"
 
         def piece(ev: GenerationEvent) -> dict[str, Any]:
             lp = fmt_logprobs(list(ev.logprobs)) if logprobs and ev.logprobs else None

@@ -5,11 +5,24 @@ Each app owns its CollectorRegistry, so two servers in one process (tests) never
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 LABELS = ("model", "version", "variant")
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0)
 _TOKEN_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+@dataclass(frozen=True)
+class Labelled:
+    """One model/version/variant's children of the per-version metric families."""
+
+    ttft: Any
+    itl: Any
+    e2e: Any
+    queue: Any
+    prompt_tokens: Any
+    generation_tokens: Any
 
 
 class ServeMetrics:
@@ -37,6 +50,18 @@ class ServeMetrics:
         self.waiting = Gauge("tuneforge:num_requests_waiting", "Requests waiting for the engine.", registry=r)
         self.adapters = Gauge("tuneforge:lora_adapters_loaded", "Adapters resident in the engine.", registry=r)
         self._engine: Any = None
+        self._children: dict[tuple[str, str, str], Labelled] = {}
+
+    def of(self, model: str, version: str, variant: str) -> Labelled:
+        """The per-version children, looked up in the metric families once per label set rather than
+        on every request (each ``labels()`` call takes a lock and builds the key again)."""
+        key = (model, version, variant)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = Labelled(
+                self.ttft.labels(*key), self.itl.labels(*key), self.e2e.labels(*key), self.queue.labels(*key),
+                self.prompt_tokens.labels(*key), self.generation_tokens.labels(*key))
+        return found
 
     def watch_engine(self, engine: Any) -> None:
         self._engine = engine

@@ -83,7 +83,7 @@ class VllmEngine:
         self.process = VllmProcess(spec)
         # aiohttp rather than httpx: relaying vLLM's stream is the gateway's per-token work, and
         # aiohttp reads an SSE chunk with about half the CPU. No connection limit: requests
-        # queue in vLLM, where its scheduler sees them, not in our pool. Lines up to 512 KiB.
+        # queue in vLLM, where its scheduler sees them, not in our pool.
         self._client = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=KEEPALIVE_S),
             timeout=aiohttp.ClientTimeout(total=None, connect=30.0), read_bufsize=1 << 18,
@@ -359,15 +359,20 @@ class VllmEngine:
                     raise _http_error(resp.status, await resp.text(errors="replace"))
                 if index == 0:  # accepted: the gateway can start its response during the prefill
                     queue.put_nowait(GenerationEvent(index=0, text="", prompt_tokens=n_prompt))
-                async for line in resp.content:
-                    if not line.startswith(b"data:"):
-                        continue
-                    data = line[5:].strip()
-                    if data == b"[DONE]":
-                        continue  # read on to the end of the body, so the connection is kept for reuse
-                    event = self._event(json.loads(data), index, n_prompt, request.params.top_logprobs)
-                    if event is not None:
-                        queue.put_nowait(event)
+                # Whatever has arrived, split into lines here: one read per network chunk rather than
+                # aiohttp's readline per line (two per SSE event), on every token's path.
+                partial = b""
+                async for received in resp.content.iter_any():
+                    *lines, partial = (partial + received).split(b"\n")
+                    for line in lines:
+                        if not line.startswith(b"data:"):
+                            continue
+                        data = line[5:].strip()
+                        if data == b"[DONE]":
+                            continue  # read on to the end of the body, so the connection is kept for reuse
+                        event = self._event(json.loads(data), index, n_prompt, request.params.top_logprobs)
+                        if event is not None:
+                            queue.put_nowait(event)
             queue.put_nowait(_END)
         except asyncio.CancelledError:
             raise
