@@ -158,3 +158,79 @@ def test_an_accepted_marker_is_not_a_token() -> None:
     gap, added = out.add(GenerationEvent(index=0, text="Hi", token_ids=(5,), prompt_tokens=7, completion_tokens=1))
     assert out.ttft_s is not None and gap is None and added == 1 and out.text(0) == "Hi"
     assert not GenerationEvent(index=0, text="", finish_reason="stop").empty  # a bare finish is news
+
+
+def test_event_stream_sends_every_chunk_then_closes() -> None:
+    import asyncio
+
+    from tuneforge.serve.streaming import EventStreamResponse
+
+    closed: list[str] = []
+
+    async def body() -> Any:
+        yield b"data: 1\n\n"
+        yield b"data: 2\n\n"
+
+    async def run() -> list[Any]:
+        sent: list[Any] = []
+        finished = asyncio.Event()
+
+        async def receive() -> Any:
+            await finished.wait()  # uvicorn answers disconnect once the response is complete
+            return {"type": "http.disconnect"}
+
+        async def send(message: Any) -> None:
+            sent.append(message)
+            if message["type"] == "http.response.body" and not message["more_body"]:
+                finished.set()
+
+        async def on_close() -> None:
+            closed.append("closed")
+
+        await EventStreamResponse(body(), {"x-tuneforge-variant": "base"}, on_close)({}, receive, send)
+        return sent
+
+    sent = asyncio.run(run())
+    assert sent[0]["status"] == 200 and (b"content-type", b"text/event-stream; charset=utf-8") in sent[0]["headers"]
+    assert (b"x-tuneforge-variant", b"base") in sent[0]["headers"]
+    assert [m["body"] for m in sent[1:]] == [b"data: 1\n\n", b"data: 2\n\n", b""]
+    assert closed == ["closed"]
+
+
+def test_event_stream_stops_and_cleans_up_when_the_client_leaves() -> None:
+    import asyncio
+
+    from tuneforge.serve.streaming import EventStreamResponse
+
+    events: list[str] = []
+
+    async def body() -> Any:
+        try:
+            yield b"data: 1\n\n"
+            await asyncio.sleep(60)  # an engine that has not produced the next token yet
+            yield b"data: 2\n\n"
+        finally:
+            events.append("body closed")
+
+    async def run() -> list[Any]:
+        sent: list[Any] = []
+        gone = asyncio.Event()
+
+        async def receive() -> Any:
+            await gone.wait()
+            return {"type": "http.disconnect"}
+
+        async def send(message: Any) -> None:
+            sent.append(message)
+            if message.get("body") == b"data: 1\n\n":
+                asyncio.get_running_loop().call_later(0.05, gone.set)
+
+        async def on_close() -> None:
+            events.append("on_close")
+
+        await asyncio.wait_for(EventStreamResponse(body(), {}, on_close)({}, receive, send), 10)
+        return sent
+
+    sent = asyncio.run(run())
+    assert [m.get("body") for m in sent[1:]] == [b"data: 1\n\n"]  # no end-of-body for a client that left
+    assert events == ["body closed", "on_close"]
