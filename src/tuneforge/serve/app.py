@@ -75,7 +75,6 @@ class _Outcome:
     ttft_s: float | None = None
     started: float = field(default_factory=time.perf_counter)
     last: float | None = None
-    itl: Any = None  # the inter-token histogram's child for this request's labels, looked up once
 
     @property
     def completion_tokens(self) -> int:
@@ -201,9 +200,7 @@ class Gateway:
 
     def observe(self, target: Target, out: _Outcome, gap: float | None, added: int) -> None:
         if gap is not None and added > 0:
-            if out.itl is None:
-                out.itl = self.metrics.of(*self.labels(target)).itl
-            out.itl.observe(gap / added)
+            self.metrics.of(*self.labels(target)).itl.observe(gap / added)
 
     def finish(self, *, rid: str, endpoint: str, key: KeyInfo, user: str | None, requested: str,
                target: Target | None, out: _Outcome | None, prompt: str | None, status: int,
