@@ -313,10 +313,11 @@ class TrainConfig(_Section):
     )
     packing: bool = Field(
         True,
-        description="Pack examples to cut padding. Padding-free packing (examples concatenated, positions "
-        "restarting per example, no attention across examples) is used with a flash-attention varlen "
-        "kernel; with sdpa/eager attention (CPU) it needs a quadratic mask over the whole micro-batch, so "
-        "length-grouped batching is used instead. The choice is recorded in tuneforge.json.",
+        description="Pack examples to cut padding. On CUDA: padding-free packing (examples concatenated into "
+        "rows of max_seq_len, positions restarting per example, no attention across examples) with a "
+        "variable-length attention kernel (flash-attn's, else PyTorch's own). On CPU, and where no such "
+        "kernel runs, length-grouped batches, which measured faster on CPU. The choice is recorded in "
+        "tuneforge.json.",
     )
     save_every_steps: int | None = Field(
         100, ge=1,

@@ -21,7 +21,7 @@ def test_dry_run_reports_masks_steps_and_memory(dataset: Path, tiny_cfg) -> None
     assert pre.rows == {"train": 24, "val": 4} and pre.skipped == {"train": 0, "val": 0}
     assert 0 < pre.trained_tokens < pre.tokens
     assert pre.steps == 2 * 6  # 24 rows / batch 4, two epochs
-    assert pre.packing == "length_grouped" and "flash-attention" in pre.packing_reason
+    assert pre.packing == "length_grouped" and "CPU" in pre.packing_reason
     trained = ["".join(p for p, t in s if t) for s in pre.samples]
     assert trained[0] == "Sorry! Order 0 ships in 1 days.<|im_end|>\nSorry! Order 1 ships in 2 days.<|im_end|>\n"
     e = pre.estimate

@@ -95,7 +95,8 @@ def train(
     prec = methods.precision(tcfg)
     methods.check_trackers(tcfg.report_to)
     peft_config = methods.build_peft_config(tcfg)
-    packing, packing_reason = _packing(tcfg.packing, tcfg.method)
+    attention = methods.attention_for(_model_config(model_ref))
+    packing, packing_reason = _packing(tcfg.packing, tcfg.method, attention, peft_config)
     tokens_mb = pf.tokens_per_micro_batch(train_ex, tcfg, packing) * (2 if tcfg.method == "dpo" else 1)
     # DPO (and virtual-prompt PEFT) score every position; SFT/CPT only the trained ones.
     every = tcfg.method == "dpo" or getattr(peft_config, "is_prompt_learning", False)
@@ -132,6 +133,7 @@ def train(
         return TrainResult(target, name, key, preflight, done.get("metrics", {}), done, reused=True)
 
     methods.check_hardware(tcfg)
+    attn = attention.loaded_for(packing)
     _launch.check_strategy(tcfg.distributed, cuda=methods.cuda_available())
     run = RunDirs(ws.runs_dir / key[:32])
     checkpoint = _checkpoint_to_resume(run, resume)
@@ -152,7 +154,7 @@ def train(
         extra = [*(callbacks or []), *([tracker.callback()] if tracker else [])]
         started = time.time()
         trainer, output, val_loss, best, retries = _fit_backing_off(
-            lambda t: methods.load_for_training(model_ref, t, cfg.model.dtype, prec),
+            lambda t: methods.load_for_training(model_ref, t, cfg.model.dtype, prec, attn),
             tokenizer, peft_config, tcfg, train_set, val_set, run, checkpoint, packing, prec, progress, extra,
             tracker,
         )
@@ -398,19 +400,23 @@ def _check_dataset_matches(ds: PreparedDataset, contract: Any, base: str) -> Non
         )
 
 
-def _packing(requested: bool, method: str = "sft") -> tuple[str, str]:
+def _packing(requested: bool, method: str, attention: methods.Attention, peft_config: Any = None,
+             ) -> tuple[str, str]:
     if method == "dpo":
         return "off", "DPO batches hold each prompt with its chosen and rejected answer; packing does not apply"
     if not requested:
         return "off", "train.packing=false"
-    kernel = methods.attention_kernel()
-    if kernel in methods.VARLEN_ATTENTION:
-        return "padding_free", f"{kernel} has variable-length kernels: examples share a row, never attention"
-    return "length_grouped", (
-        "padding-free packing needs a flash-attention varlen kernel (CUDA + flash-attn); with sdpa/eager "
-        "attention spans the whole packed row under a dense mask (bundled model on CPU: 1.35x slower than "
-        "padded batches at 1,024 tokens per micro-batch, 2x at 2,048), so batches are grouped by length"
-    )
+    if getattr(peft_config, "is_prompt_learning", False):
+        return "length_grouped", "virtual prompt tokens are prepended per row, so examples cannot share one"
+    if attention.varlen:
+        return "padding_free", attention.reason
+    return "length_grouped", attention.reason
+
+
+def _model_config(model_ref: Any) -> Any:
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(model_ref.path)
 
 
 def _checkpoint_to_resume(run: RunDirs, resume: bool) -> Path | None:

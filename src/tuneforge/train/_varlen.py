@@ -1,0 +1,185 @@
+"""Padding-free packing without the flash-attn package: an attention function over sequence boundaries.
+
+TRL's padding-free collator flattens a micro-batch into one row and passes the examples' boundaries
+(`cu_seq_lens_q`, `max_length_q`) down to the attention layers. transformers only reads them in its
+flash-attention functions, which need the separately built flash-attn package; with sdpa it builds a
+dense (tokens x tokens) mask over the whole packed row instead. This function, registered with
+transformers under `NAME`, attends within each example only:
+
+- CUDA: PyTorch's own variable-length flash kernel (`torch.nn.attention.varlen`, no extra package);
+- elsewhere: causal sdpa on each example's slice (no mask is built, the causal kernel is used).
+
+Anything that does not arrive packed (a padded batch, generation) takes transformers' sdpa path.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from typing import Any
+
+NAME = "tuneforge_varlen"
+
+
+def register() -> str:
+    """Registers the attention function (and its mask builder) with transformers; returns its name."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, flash_attention_mask
+
+    AttentionInterface.register(NAME, varlen_attention_forward)
+    # Like flash attention: no mask for unpadded rows (packed ones included), the 2D mask for padded ones.
+    AttentionMaskInterface.register(NAME, flash_attention_mask)
+    return NAME
+
+
+def supports(config: Any) -> str | None:
+    """Why ``config``'s model cannot use this attention function, or None when it can."""
+    if not getattr(config, "_supports_attention_backend", True):
+        return f"{type(config).__name__} does not route attention through transformers' attention interface"
+    for key in ("attn_logit_softcapping", "final_logit_softcapping"):
+        if getattr(config, key, None):
+            return f"{key} is set (logit soft-capping is not in the varlen kernels)"
+    if getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window", True):
+        return "the model uses sliding-window attention"
+    if getattr(config, "layer_types", None) and any(t != "full_attention" for t in config.layer_types):
+        return "the model mixes attention types across layers"
+    return None
+
+
+def boundaries(position_ids: Any) -> tuple[Any, int]:
+    """(cu_seqlens int32, longest example) of one packed row whose positions restart at 0 per example."""
+    import torch
+
+    row = position_ids[0]
+    starts = (row == 0).nonzero().flatten()
+    if starts.numel() == 0 or int(starts[0]) != 0:
+        starts = torch.cat([starts.new_zeros(1), starts])
+    cu = torch.cat([starts, starts.new_tensor([row.numel()])]).to(torch.int32)
+    return cu, int(cu.diff().max())
+
+
+def varlen_attention_forward(module: Any, query: Any, key: Any, value: Any, attention_mask: Any,
+                             dropout: float = 0.0, scaling: float | None = None, **kwargs: Any,
+                             ) -> tuple[Any, None]:
+    """transformers' attention-function contract: (batch, heads, seq, dim) in, (batch, seq, heads, dim) out."""
+    import torch
+
+    cu, longest = kwargs.get("cu_seq_lens_q"), kwargs.get("max_length_q")
+    position_ids = kwargs.get("position_ids")
+    if cu is None and attention_mask is None and _restarts(position_ids, query.shape[0]):
+        cu, longest = boundaries(position_ids)  # packed without the boundaries passed down: derive them
+    if cu is None or attention_mask is not None:
+        return _sdpa(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
+    if query.shape[0] != 1:
+        raise ValueError(f"packed attention expects one flattened row, got a batch of {query.shape[0]}")
+    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+    low = _kernel_dtype(query) if query.is_cuda and dropout == 0.0 and _cuda_kernel() is not None else None
+    if low is not None:
+        query, key, value = (t.to(low) for t in (query, key, value))
+        out = _cuda_varlen(query, key, value, cu.to(query.device, torch.int32), int(longest), scale)
+    else:
+        out = _per_example(query, key, value, [int(x) for x in cu.tolist()], scale, dropout)
+    return out, None
+
+
+def _restarts(position_ids: Any, batch: int) -> bool:
+    """Whether one row's positions restart (several examples in it); a device sync, so only asked
+    when the collator did not pass the boundaries."""
+    return position_ids is not None and batch == 1 and int((position_ids[0] == 0).sum()) > 1
+
+
+def _kernel_dtype(query: Any) -> Any:
+    """The 16-bit dtype to run the flash kernel in, or None to stay exact in fp32."""
+    import torch
+
+    if query.dtype in (torch.float16, torch.bfloat16):
+        return query.dtype
+    # fp32 weights under autocast (full fine-tuning): RoPE's fp32 tables promote q and k back to fp32,
+    # where sdpa would have been autocast to 16 bits anyway.
+    return torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else None
+
+
+def _sdpa(module: Any, query: Any, key: Any, value: Any, attention_mask: Any, dropout: float,
+          scaling: float | None, **kwargs: Any) -> tuple[Any, None]:
+    import torch
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    if attention_mask is not None and attention_mask.dim() == 2:
+        # The flash-style mask builder hands over the (batch, kv) padding mask; sdpa wants it 4D and causal.
+        q_len, kv_len = query.shape[2], attention_mask.shape[1]
+        causal = torch.ones(q_len, kv_len, dtype=torch.bool, device=query.device).tril(kv_len - q_len)
+        attention_mask = causal[None, None] & attention_mask.bool()[:, None, None, :]
+    return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                  **{k: v for k, v in kwargs.items() if k in ("is_causal",)})
+
+
+def _per_example(query: Any, key: Any, value: Any, cu: list[int], scale: float, dropout: float) -> Any:
+    """Causal sdpa on each example's slice of the row: the reference path, and the CPU one."""
+    import torch
+    import torch.nn.functional as F
+
+    gqa = query.shape[1] != key.shape[1]
+    parts = [
+        F.scaled_dot_product_attention(query[:, :, s:e], key[:, :, s:e], value[:, :, s:e], dropout_p=dropout,
+                                       is_causal=True, scale=scale, enable_gqa=gqa)
+        for s, e in zip(cu[:-1], cu[1:], strict=True) if e > s
+    ]
+    return torch.cat(parts, dim=2).transpose(1, 2).contiguous()
+
+
+@functools.cache
+def _cuda_kernel() -> tuple[Any, frozenset[str]] | None:
+    """torch's varlen_attn and the keywords this torch version takes, or None when it has none."""
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+    except ImportError:
+        return None
+    return varlen_attn, frozenset(inspect.signature(varlen_attn).parameters)
+
+
+def _cuda_varlen(query: Any, key: Any, value: Any, cu: Any, longest: int, scale: float) -> Any:
+    kernel, params = _cuda_kernel()  # type: ignore[misc]
+    q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))  # (tokens, heads, dim)
+    extra: dict[str, Any] = {}
+    if "window_size" in params:  # newer torch: causal is the window (-1, 0)
+        extra["window_size"] = (-1, 0)
+    else:
+        extra["is_causal"] = True
+    if "scale" in params:
+        extra["scale"] = scale
+    elif abs(scale - q.shape[-1] ** -0.5) > 1e-9:
+        raise RuntimeError("this torch's varlen_attn has no scale argument; the model needs a custom scale")
+    if q.shape[1] != k.shape[1]:
+        if "enable_gqa" in params:
+            extra["enable_gqa"] = True
+        else:  # older kernels want as many key/value heads as query heads
+            k, v = (t.repeat_interleave(q.shape[1] // t.shape[1], dim=1) for t in (k, v))
+    out = kernel(q, k, v, cu, cu, longest, longest, **extra)
+    return out[None]  # (1, tokens, heads, dim)
+
+
+@functools.cache
+def cuda_problem() -> str | None:
+    """None when torch's varlen kernel runs on this GPU and matches per-example sdpa (outputs and
+    gradients, grouped-query heads included); otherwise why not, so packing falls back instead of failing."""
+    import torch
+
+    if _cuda_kernel() is None:
+        return f"torch {torch.__version__} has no torch.nn.attention.varlen"
+    try:
+        gen = torch.Generator(device="cuda").manual_seed(0)
+        shapes = ((1, 4, 40, 64), (1, 2, 40, 64), (1, 2, 40, 64))
+        q, k, v = (torch.randn(s, generator=gen, device="cuda", dtype=torch.bfloat16).requires_grad_()
+                   for s in shapes)
+        cu = [0, 13, 40]
+        fast = _cuda_varlen(q, k, v, torch.tensor(cu, dtype=torch.int32, device="cuda"), 27, 0.125)
+        grads = torch.autograd.grad(fast.float().square().sum(), (q, k, v))
+        ref = _per_example(q, k, v, cu, 0.125, 0.0)
+        ref_grads = torch.autograd.grad(ref.float().square().sum(), (q, k, v))
+        worst = max(float((a.float() - b.float()).abs().max())
+                    for a, b in zip((fast, *grads), (ref, *ref_grads), strict=True))
+    except Exception as exc:  # any failure means: do not pack with it
+        return f"torch's varlen kernel failed its check on this GPU ({type(exc).__name__}: {exc})"
+    if worst > 0.1:
+        return f"torch's varlen kernel disagrees with per-example attention (max difference {worst:.3g})"
+    return None
