@@ -4,8 +4,8 @@ Baseline: what a team typically writes: `get_peft_model` + `transformers.Trainer
 `DataCollatorForSeq2Seq` (each micro-batch padded to its longest row), random order, default
 settings otherwise. Ours: `tuneforge.train.train()` (on CPU: length-grouped batches, the LM head on
 trained positions only, no attention mask for right padding, PEFT's fp32 adapter-input cast off
-under bf16 autocast; padding-free packing with flash-attention varlen kernels on CUDA when
-flash-attn is installed). Both get the same
+under bf16 autocast; on CUDA padding-free packing with a variable-length attention kernel, flash-attn's
+or PyTorch's own, and TRL's fused LM-head loss). Both get the same
 LoRA config (r=16, alpha=32, dropout 0.05, all linear layers), the same weights dtype and autocast,
 the same micro-batch, and one pass over the same rows: `--steps * --batch` rows drawn from the
 quickstart dataset (examples/support_tickets/generate.py + `tuneforge data prepare`, as `make demo`),
@@ -24,6 +24,11 @@ Measured per run, each in a fresh subprocess, baseline and ours alternating over
     python benchmarks/bench_train.py                         # CPU, bundled SmolLM2-135M
     python benchmarks/bench_train.py --shape llama-1b --device cuda --steps 30 --batch 8
     python benchmarks/bench_train.py --quick                 # tiny random model, for a smoke test
+
+A GPU machine without network access or the data stage's packages: run `--prepare-only --home DIR`
+where tuneforge is installed (the quickstart data, prepared once for the bundled tokenizer, which
+every shape shares), copy DIR over, and run there with `--home DIR`: the workers then need only
+torch, transformers, peft, trl, datasets, accelerate and pydantic, with `PYTHONPATH=src`.
 
 Writes benchmarks/results/bench_train.json (or --out).
 """
@@ -78,6 +83,8 @@ def main() -> None:
     ap.add_argument("--home", type=Path, default=Path(tempfile.gettempdir()) / "tuneforge-bench-train",
                     help="workspace for the converted model and prepared data (reused between runs)")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "bench_train.json")
+    ap.add_argument("--prepare-only", action="store_true",
+                    help="prepare the data and the tokenizer in --home, then exit (for an offline machine)")
     ap.add_argument("--worker", choices=["baseline", "ours"], help=argparse.SUPPRESS)
     ap.add_argument("--job", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -87,6 +94,12 @@ def main() -> None:
 
     import torch
 
+    home = args.home.resolve()
+    env = {**os.environ, "TUNEFORGE_HOME": str(home), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    os.environ.update(env)
+    if args.prepare_only:
+        print(f"prepared {_prepared(home, env)} and {_tokenizer(home)}; run with --home {home}")
+        return
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
         sys.exit("--device cuda: no CUDA device here")
@@ -96,13 +109,8 @@ def main() -> None:
     steps = args.steps or (2 if args.quick else 8 if device == "cpu" else 30)
     batch = args.batch or (2 if args.quick else 4 if device == "cpu" else 8)
     rounds = 1 if args.quick else args.rounds
-
-    home = args.home.resolve()
-    env = {**os.environ, "TUNEFORGE_HOME": str(home), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    os.environ.update(env)
+    subset = _subset(_prepared(home, env), steps * batch, home)
     model_dir = _model(shape, home, device)
-    dataset = _prepared(model_dir, home, env)
-    subset = _subset(dataset, steps * batch, home)
     precision = "bf16" if device == "cpu" or torch.cuda.is_bf16_supported() else "fp32"
     peak, peak_source = _peak_flops(device, precision)
     job = {"model": str(model_dir), "data": str(subset), "batch": batch, "device": device, "precision": precision,
@@ -144,21 +152,36 @@ def main() -> None:
     print(json.dumps(report["ratio_ours_over_baseline"]), f"→ {args.out}")
 
 
-def _model(shape: str, home: Path, device: str) -> Path:
-    """The bundled model's directory, or a random-initialised shape with the bundled tokenizer."""
+def _bundled(home: Path) -> Path:
     from tuneforge.models import resolve_model
     from tuneforge.workspace import Workspace
 
-    bundled = resolve_model(BUNDLED, Workspace(home)).path
+    return resolve_model(BUNDLED, Workspace(home)).path
+
+
+def _tokenizer(home: Path) -> Path:
+    """The bundled tokenizer alone (all shapes use it), saved once so that a GPU machine needs no model package."""
+    target = home / "bench-models" / "tokenizer"
+    if not (target / "tokenizer_config.json").is_file():
+        from transformers import AutoTokenizer
+
+        tmp = target.with_name(f".tokenizer.{os.getpid()}.tmp")
+        AutoTokenizer.from_pretrained(_bundled(home)).save_pretrained(tmp)
+        os.replace(tmp, target)
+    return target
+
+
+def _model(shape: str, home: Path, device: str) -> Path:
+    """The bundled model's directory, or a random-initialised shape with the bundled tokenizer."""
     if shape == "bundled":
-        return bundled
+        return _bundled(home)
     target = home / "bench-models" / shape
     if (target / "config.json").is_file():
         return target
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    tok = AutoTokenizer.from_pretrained(bundled)
+    tok = AutoTokenizer.from_pretrained(_tokenizer(home))
     cfg = LlamaConfig(**SHAPES[shape], max_position_embeddings=8192, bos_token_id=tok.bos_token_id,
                       eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
     if shape == "tiny":
@@ -180,17 +203,18 @@ def _model(shape: str, home: Path, device: str) -> Path:
     return target
 
 
-def _prepared(model_dir: Path, home: Path, env: dict[str, str]) -> Path:
-    """The quickstart tickets, prepared for ``model_dir``'s tokenizer (as `make demo` does)."""
+def _prepared(home: Path, env: dict[str, str]) -> Path:
+    """The quickstart tickets, prepared (as `make demo` does) for the bundled tokenizer and chat template,
+    which every shape here shares: training checks both against the dataset's manifest."""
     raw = home / "quickstart"
     if not (raw / "tickets.jsonl").is_file():
         subprocess.run([sys.executable, str(EXAMPLE / "generate.py"), "--out", str(raw)], check=True, env=env,
                        stdout=subprocess.DEVNULL)
-    out = home / "prepared" / model_dir.name
+    out = home / "prepared" / "bundled-tokenizer"
     if not (out / "manifest.json").is_file():
         subprocess.run([sys.executable, "-m", "tuneforge.cli", "data", "prepare", str(raw / "tickets.jsonl"),
                         "--config", str(EXAMPLE / "tuneforge.yaml"), "--out", str(out),
-                        "--set", f"model.base={model_dir}",
+                        "--set", f"model.base={_bundled(home)}",
                         "--set", f"data.decontaminate.eval_sets=[{raw / 'golden.jsonl'}]",
                         "--set", f"data.mix.path={raw / 'general.jsonl'}"],
                        check=True, env=env, cwd=ROOT, stdout=subprocess.DEVNULL)
