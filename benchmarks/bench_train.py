@@ -23,6 +23,7 @@ Measured per run, each in a fresh subprocess, baseline and ours alternating over
 
     python benchmarks/bench_train.py                         # CPU, bundled SmolLM2-135M
     python benchmarks/bench_train.py --shape llama-1b --device cuda --steps 30 --batch 8
+    python benchmarks/bench_train.py --shape llama-8b --device cuda --peft qlora --batch 2 --gradient-checkpointing
     python benchmarks/bench_train.py --quick                 # tiny random model, for a smoke test
 
 A GPU machine without network access or the data stage's packages: run `--prepare-only --home DIR`
@@ -79,6 +80,10 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=None, help="optimizer steps (= micro-batches) per run")
     ap.add_argument("--batch", type=int, default=None, help="micro-batch (rows per step)")
     ap.add_argument("--rounds", type=int, default=2, help="baseline/ours pairs, alternating order")
+    ap.add_argument("--peft", choices=["lora", "qlora"], default="lora",
+                    help="qlora (CUDA): 4-bit NF4 base with double quantisation; the baseline is the usual "
+                    "recipe (BitsAndBytesConfig + prepare_model_for_kbit_training + get_peft_model)")
+    ap.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations, in both runs")
     ap.add_argument("--quick", action="store_true", help="tiny random model, 2 steps, 1 round (smoke test)")
     ap.add_argument("--home", type=Path, default=Path(tempfile.gettempdir()) / "tuneforge-bench-train",
                     help="workspace for the converted model and prepared data (reused between runs)")
@@ -104,6 +109,8 @@ def main() -> None:
     if device == "cuda" and not torch.cuda.is_available():
         sys.exit("--device cuda: no CUDA device here")
     shape = "tiny" if args.quick else args.shape
+    if args.peft == "qlora" and device != "cuda":
+        sys.exit("--peft qlora needs --device cuda (bitsandbytes 4-bit weights)")
     if shape.startswith("llama") and device != "cuda":
         sys.exit(f"--shape {shape} is a GPU shape (random-init, bf16); use --device cuda or --shape bundled")
     steps = args.steps or (2 if args.quick else 8 if device == "cpu" else 30)
@@ -114,6 +121,7 @@ def main() -> None:
     precision = "bf16" if device == "cpu" or torch.cuda.is_bf16_supported() else "fp32"
     peak, peak_source = _peak_flops(device, precision)
     job = {"model": str(model_dir), "data": str(subset), "batch": batch, "device": device, "precision": precision,
+           "peft": args.peft, "checkpointing": args.gradient_checkpointing,
            "home": str(home)}
 
     runs: dict[str, list[dict[str, Any]]] = {"baseline": [], "ours": []}
@@ -133,6 +141,7 @@ def main() -> None:
         "shape": shape, "model": str(model_dir) if shape != "bundled" else BUNDLED, "device": device,
         "device_name": torch.cuda.get_device_name() if device == "cuda" else platform.processor() or "cpu",
         "cpu_count": os.cpu_count(), "precision": precision, "steps": steps, "micro_batch": batch,
+        "peft": args.peft, "gradient_checkpointing": args.gradient_checkpointing,
         "rows": steps * batch, "rounds": rounds,
         "peak_flops": peak, "peak_flops_source": peak_source,
         "mfu_formula": "6 * N_params(total, with adapters) * useful_tokens_per_s / peak_flops",
@@ -360,9 +369,20 @@ def run_baseline(job: dict[str, Any]) -> dict[str, Any]:
     tok, examples = _examples(job)
     cuda = job["device"] == "cuda"
     bf16 = job["precision"] == "bf16"
-    model = AutoModelForCausalLM.from_pretrained(job["model"], dtype=torch.bfloat16 if bf16 else torch.float32)
-    if cuda:
-        model = model.to("cuda")
+    checkpointing = job.get("checkpointing", False)
+    if job.get("peft") == "qlora":
+        from peft import prepare_model_for_kbit_training
+        from transformers import BitsAndBytesConfig
+
+        quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                   bnb_4bit_compute_dtype=torch.bfloat16)
+        model = AutoModelForCausalLM.from_pretrained(job["model"], dtype=torch.bfloat16, quantization_config=quant,
+                                                     device_map={"": 0})
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=checkpointing)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(job["model"], dtype=torch.bfloat16 if bf16 else torch.float32)
+        if cuda:
+            model = model.to("cuda")
     model = get_peft_model(model, LoraConfig(**LORA))
     data = Dataset.from_dict({"input_ids": [e.input_ids for e in examples], "labels": [e.labels for e in examples]})
     collate = DataCollatorForSeq2Seq(tok, padding="longest", label_pad_token_id=-100)
@@ -377,7 +397,8 @@ def run_baseline(job: dict[str, Any]) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         args = TrainingArguments(output_dir=tmp, per_device_train_batch_size=job["batch"], num_train_epochs=1,
                                  learning_rate=2e-4, bf16=bf16, use_cpu=not cuda, report_to="none",
-                                 save_strategy="no", logging_steps=1_000_000, disable_tqdm=True, seed=0)
+                                 save_strategy="no", logging_steps=1_000_000, disable_tqdm=True, seed=0,
+                                 activation_checkpointing=checkpointing)
         timer = _timer()
         trainer = Trainer(model=model, args=args, train_dataset=data, data_collator=counting, callbacks=[timer])
         trainer.train()
@@ -393,7 +414,8 @@ def run_ours(job: dict[str, Any]) -> dict[str, Any]:
     _, examples = _examples(job)
     cfg = load_config(None, [f"model.base={job['model']}", f"train.batch_size={job['batch']}", "train.epochs=1",
                              "train.save_every_steps=null", f"train.precision={job['precision']}",
-                             "train.lr=2e-4", "tracking.enabled=false"])
+                             "train.lr=2e-4", "tracking.enabled=false", f"train.peft={job.get('peft', 'lora')}",
+                             f"train.gradient_checkpointing={str(job.get('checkpointing', False)).lower()}"])
     timer = _timer()
     with tempfile.TemporaryDirectory() as tmp:
         result = train(cfg, data=job["data"], out=Path(tmp) / "adapter", workspace=Workspace(Path(tmp) / "home"),

@@ -233,11 +233,9 @@ def load_for_training(model: ResolvedModel, tcfg: TrainConfig, model_dtype: str,
             bnb_4bit_compute_dtype=torch.bfloat16,
         )
         kwargs["dtype"] = torch.bfloat16
-    loaded = load_model(model, **kwargs)
-    if tcfg.peft == "qlora":
-        from peft import prepare_model_for_kbit_training
-
-        loaded = prepare_model_for_kbit_training(
-            loaded, use_gradient_checkpointing=tcfg.gradient_checkpointing
-        )
-    return loaded
+    # QLoRA skips PEFT's prepare_model_for_kbit_training on purpose: it casts every 16-bit weight that
+    # is not 4-bit to fp32, i.e. the embeddings and the LM head (Llama-3.1-8B: 1.05B parameters, +2.1 GB)
+    # and the norms, which then carry an fp32 residual stream through every layer (twice the activation
+    # memory). RMSNorm already computes in fp32; the base is frozen by PEFT, and TRL enables input
+    # gradients for gradient checkpointing. What remains is the bf16 LoRA path with 4-bit linear layers.
+    return load_model(model, **kwargs)
