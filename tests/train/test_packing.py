@@ -160,3 +160,22 @@ def test_training_packs_rows_through_varlen_attention(dataset: Path, tiny_cfg, m
     # 24 rows of ~60 tokens fill a few 256-token rows: 2 packed rows per step, far fewer than 24 / 2 steps.
     assert result.metrics["steps"] == pre.steps < 24 // 2
     assert torch.isfinite(torch.tensor(result.metrics["train_loss"]))
+
+
+def test_kernel_check_accepts_exact_kernels_and_refuses_leaky_or_failing_ones() -> None:
+    """The check that guards the CUDA kernel, run here on CPU kernels: per-example attention passes;
+    one causal pass over the whole row (examples see each other) and a kernel that raises are refused."""
+    import torch.nn.functional as F
+
+    def exact(q, k, v, cu, longest, scale):
+        return _varlen._per_example(q, k, v, cu.tolist(), scale, 0.0)
+
+    def leaky(q, k, v, cu, longest, scale):
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=True).transpose(1, 2)
+
+    def broken(q, k, v, cu, longest, scale):
+        raise RuntimeError("no kernel image is available")
+
+    assert _varlen.check_kernel(exact, "cpu") is None
+    assert "disagrees" in _varlen.check_kernel(leaky, "cpu")  # type: ignore[operator]
+    assert "no kernel image" in _varlen.check_kernel(broken, "cpu")  # type: ignore[operator]
