@@ -369,8 +369,8 @@ def run_baseline(job: dict[str, Any]) -> dict[str, Any]:
     tok, examples = _examples(job)
     cuda = job["device"] == "cuda"
     bf16 = job["precision"] == "bf16"
-    checkpointing = job.get("checkpointing", False)
-    if job.get("peft") == "qlora":
+    checkpointing = job["checkpointing"]
+    if job["peft"] == "qlora":
         from peft import prepare_model_for_kbit_training
         from transformers import BitsAndBytesConfig
 
@@ -414,8 +414,8 @@ def run_ours(job: dict[str, Any]) -> dict[str, Any]:
     _, examples = _examples(job)
     cfg = load_config(None, [f"model.base={job['model']}", f"train.batch_size={job['batch']}", "train.epochs=1",
                              "train.save_every_steps=null", f"train.precision={job['precision']}",
-                             "train.lr=2e-4", "tracking.enabled=false", f"train.peft={job.get('peft', 'lora')}",
-                             f"train.gradient_checkpointing={str(job.get('checkpointing', False)).lower()}"])
+                             "train.lr=2e-4", "tracking.enabled=false", f"train.peft={job['peft']}",
+                             f"train.gradient_checkpointing={str(job['checkpointing']).lower()}"])
     timer = _timer()
     with tempfile.TemporaryDirectory() as tmp:
         result = train(cfg, data=job["data"], out=Path(tmp) / "adapter", workspace=Workspace(Path(tmp) / "home"),

@@ -29,7 +29,7 @@ def test_baseline_and_ours_train_the_same_rows(bench, tiny_model_dir: Path, tmp_
     subset = bench._subset(full, 8, tmp_path / "home")
     assert len((subset / "train.jsonl").read_text().splitlines()) == 8
     job = {"model": str(tiny_model_dir), "data": str(subset), "batch": 2, "device": "cpu", "precision": "fp32",
-           "home": str(tmp_path / "home")}
+           "peft": "lora", "checkpointing": False, "home": str(tmp_path / "home")}
     base = bench.run_baseline(job)
     ours = bench.run_ours(job)
     assert base["steps"] == ours["steps"] == 4

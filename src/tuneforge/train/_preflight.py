@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tuneforge.errors import TrainError
@@ -167,16 +166,16 @@ def trained_per_micro_batch(train: list[Example], tcfg: TrainConfig, packing: st
 _RUNTIME = {"cpu": 0.75 * GIB, "cuda": 0.5 * GIB}  # process (CPU) or CUDA context (GPU) before any weight
 
 
-def estimate_memory(model_path: Path, tcfg: TrainConfig, peft_config: Any, tokens: int, prec: str,
+def estimate_memory(config: Any, tcfg: TrainConfig, peft_config: Any, tokens: int, prec: str,
                     scored: int | None = None) -> MemoryEstimate:
-    """Count parameters on the meta device (no weights are read) and apply the estimate's formula.
+    """Count parameters of the model ``config`` describes on the meta device (no weights are read) and
+    apply the estimate's formula.
 
     ``scored``: positions the LM head scores per micro-batch (default: all ``tokens``).
     """
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
 
-    config = AutoConfig.from_pretrained(model_path)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)
     params = sum(p.numel() for p in model.parameters())

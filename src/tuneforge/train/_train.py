@@ -95,13 +95,14 @@ def train(
     prec = methods.precision(tcfg)
     methods.check_trackers(tcfg.report_to)
     peft_config = methods.build_peft_config(tcfg)
-    attention = methods.attention_for(_model_config(model_ref))
+    model_config = _model_config(model_ref)
+    attention = methods.attention_for(model_config)
     packing, packing_reason = _packing(tcfg.packing, tcfg.method, attention, peft_config)
     tokens_mb = pf.tokens_per_micro_batch(train_ex, tcfg, packing) * (2 if tcfg.method == "dpo" else 1)
     # DPO (and virtual-prompt PEFT) score every position; SFT/CPT only the trained ones.
     every = tcfg.method == "dpo" or getattr(peft_config, "is_prompt_learning", False)
     scored = None if every else pf.trained_per_micro_batch(train_ex, tcfg, packing)
-    estimate = pf.estimate_memory(model_ref.path, tcfg, peft_config, tokens_mb, prec, scored)
+    estimate = pf.estimate_memory(model_config, tcfg, peft_config, tokens_mb, prec, scored)
     notes = [n for n in (pf.memory_note(estimate, tcfg),) if n]
     if tcfg.peft == "qlora" and not methods.cuda_available():
         notes.append("QLoRA needs a CUDA GPU with bitsandbytes; training on this machine will fail")

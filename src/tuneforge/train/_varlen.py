@@ -24,12 +24,19 @@ NAME = "tuneforge_varlen"
 def register() -> str:
     """Registers the attention function (and its mask builder) with transformers; returns its name."""
     from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, flash_attention_mask
+    from transformers.masking_utils import AttentionMaskInterface
 
     AttentionInterface.register(NAME, varlen_attention_forward)
-    # Like flash attention: no mask for unpadded rows (packed ones included), the 2D mask for padded ones.
-    AttentionMaskInterface.register(NAME, flash_attention_mask)
+    AttentionMaskInterface.register(NAME, _mask)
     return NAME
+
+
+def _mask(**kwargs: Any) -> Any:
+    """As for flash attention, no mask for unpadded rows, packed ones included (the attention function
+    reads the examples' boundaries instead); sdpa's causal padding mask for padded batches, which take sdpa."""
+    from transformers.masking_utils import flash_attention_mask, sdpa_mask
+
+    return None if flash_attention_mask(**kwargs) is None else sdpa_mask(**kwargs)
 
 
 def supports(config: Any) -> str | None:
@@ -47,15 +54,11 @@ def supports(config: Any) -> str | None:
 
 
 def boundaries(position_ids: Any) -> tuple[Any, int]:
-    """(cu_seqlens int32, longest example) of one packed row whose positions restart at 0 per example."""
-    import torch
+    """(cu_seqlens int32, longest example) of one packed row whose positions restart per example."""
+    from transformers.modeling_flash_attention_utils import prepare_fa_kwargs_from_position_ids
 
-    row = position_ids[0]
-    starts = (row == 0).nonzero().flatten()
-    if starts.numel() == 0 or int(starts[0]) != 0:
-        starts = torch.cat([starts.new_zeros(1), starts])
-    cu = torch.cat([starts, starts.new_tensor([row.numel()])]).to(torch.int32)
-    return cu, int(cu.diff().max())
+    (cu, _), (longest, _) = prepare_fa_kwargs_from_position_ids(position_ids)
+    return cu, int(longest)
 
 
 def varlen_attention_forward(module: Any, query: Any, key: Any, value: Any, attention_mask: Any,
@@ -69,7 +72,10 @@ def varlen_attention_forward(module: Any, query: Any, key: Any, value: Any, atte
     if cu is None and attention_mask is None and _restarts(position_ids, query.shape[0]):
         cu, longest = boundaries(position_ids)  # packed without the boundaries passed down: derive them
     if cu is None or attention_mask is not None:
-        return _sdpa(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      **kwargs)
     if query.shape[0] != 1:
         raise ValueError(f"packed attention expects one flattened row, got a batch of {query.shape[0]}")
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
@@ -97,20 +103,6 @@ def _kernel_dtype(query: Any) -> Any:
     # fp32 weights under autocast (full fine-tuning): RoPE's fp32 tables promote q and k back to fp32,
     # where sdpa would have been autocast to 16 bits anyway.
     return torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else None
-
-
-def _sdpa(module: Any, query: Any, key: Any, value: Any, attention_mask: Any, dropout: float,
-          scaling: float | None, **kwargs: Any) -> tuple[Any, None]:
-    import torch
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
-    if attention_mask is not None and attention_mask.dim() == 2:
-        # The flash-style mask builder hands over the (batch, kv) padding mask; sdpa wants it 4D and causal.
-        q_len, kv_len = query.shape[2], attention_mask.shape[1]
-        causal = torch.ones(q_len, kv_len, dtype=torch.bool, device=query.device).tril(kv_len - q_len)
-        attention_mask = causal[None, None] & attention_mask.bool()[:, None, None, :]
-    return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
-                                  **kwargs)
 
 
 def _per_example(query: Any, key: Any, value: Any, cu: list[int], scale: float, dropout: float) -> Any:
