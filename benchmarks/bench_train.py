@@ -5,7 +5,8 @@ Baseline: what a team typically writes: `get_peft_model` + `transformers.Trainer
 settings otherwise. Ours: `tuneforge.train.train()` (on CPU: length-grouped batches, the LM head on
 trained positions only, no attention mask for right padding, PEFT's fp32 adapter-input cast off
 under bf16 autocast; on CUDA padding-free packing with a variable-length attention kernel, flash-attn's
-or PyTorch's own, and TRL's fused LM-head loss). Both get the same
+or PyTorch's own, TRL's fused LM-head loss, and Liger's layer kernels when liger-kernel is installed).
+Both get the same
 LoRA config (r=16, alpha=32, dropout 0.05, all linear layers), the same weights dtype and autocast,
 the same micro-batch, and one pass over the same rows: `--steps * --batch` rows drawn from the
 quickstart dataset (examples/support_tickets/generate.py + `tuneforge data prepare`, as `make demo`),
@@ -84,6 +85,8 @@ def main() -> None:
                     help="qlora (CUDA): 4-bit NF4 base with double quantisation; the baseline is the usual "
                     "recipe (BitsAndBytesConfig + prepare_model_for_kbit_training + get_peft_model)")
     ap.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations, in both runs")
+    ap.add_argument("--kernels", choices=["auto", "liger", "none"], default="auto",
+                    help="ours' train.kernels (auto: Liger's layer kernels on CUDA when liger-kernel is installed)")
     ap.add_argument("--quick", action="store_true", help="tiny random model, 2 steps, 1 round (smoke test)")
     ap.add_argument("--home", type=Path, default=Path(tempfile.gettempdir()) / "tuneforge-bench-train",
                     help="workspace for the converted model and prepared data (reused between runs)")
@@ -121,7 +124,7 @@ def main() -> None:
     precision = "bf16" if device == "cpu" or torch.cuda.is_bf16_supported() else "fp32"
     peak, peak_source = _peak_flops(device, precision)
     job = {"model": str(model_dir), "data": str(subset), "batch": batch, "device": device, "precision": precision,
-           "peft": args.peft, "checkpointing": args.gradient_checkpointing,
+           "peft": args.peft, "checkpointing": args.gradient_checkpointing, "kernels": args.kernels,
            "home": str(home)}
 
     runs: dict[str, list[dict[str, Any]]] = {"baseline": [], "ours": []}
@@ -415,12 +418,14 @@ def run_ours(job: dict[str, Any]) -> dict[str, Any]:
     cfg = load_config(None, [f"model.base={job['model']}", f"train.batch_size={job['batch']}", "train.epochs=1",
                              "train.save_every_steps=null", f"train.precision={job['precision']}",
                              "train.lr=2e-4", "tracking.enabled=false", f"train.peft={job['peft']}",
-                             f"train.gradient_checkpointing={str(job['checkpointing']).lower()}"])
+                             f"train.gradient_checkpointing={str(job['checkpointing']).lower()}",
+                             f"train.kernels={job['kernels']}"])
     timer = _timer()
     with tempfile.TemporaryDirectory() as tmp:
         result = train(cfg, data=job["data"], out=Path(tmp) / "adapter", workspace=Workspace(Path(tmp) / "home"),
                        callbacks=[timer])
-    return _finish(job, timer, result.metrics["steps"], examples, {"packing": result.meta["packing"]["mode"]})
+    return _finish(job, timer, result.metrics["steps"], examples,
+                   {"packing": result.meta["packing"]["mode"], "kernels": result.meta["kernels"]["name"]})
 
 
 WORKERS = {"baseline": run_baseline, "ours": run_ours}

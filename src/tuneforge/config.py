@@ -319,6 +319,13 @@ class TrainConfig(_Section):
         "kernel runs, length-grouped batches, which measured faster on CPU. The choice is recorded in "
         "tuneforge.json.",
     )
+    kernels: Literal["auto", "liger", "none"] = Field(
+        "auto",
+        description="Fused layer kernels. auto: Liger's Triton kernels for RMSNorm, SwiGLU and RoPE on CUDA "
+        "when liger-kernel is installed (pip install 'tuneforge[gpu]') and knows the architecture, else the "
+        "model's own layers. liger: require them (an error where they cannot run). none: never. The choice "
+        "is recorded in tuneforge.json.",
+    )
     save_every_steps: int | None = Field(
         100, ge=1,
         description="Write a resumable checkpoint every N optimizer steps (atomically; None = only at "

@@ -237,6 +237,7 @@ def train_summary(result: TrainResult) -> None:
                 text.append(f"«{piece}»" if trained else piece, style="bold green" if trained else None)
             out.print(text)
         out.print(f"packing: {pre.packing} ({escape(pre.packing_reason)})")
+        out.print(f"kernels: {pre.kernels} ({escape(pre.kernels_reason)})")
     for note in pre.notes:
         out.print(f"[yellow]note[/yellow]: {escape(note)}")
     if result.dry_run:

@@ -63,7 +63,7 @@ def check_hardware(tcfg: TrainConfig) -> None:
         raise TrainError(
             "QLoRA needs the bitsandbytes package, which is not installed",
             where="train.peft=qlora",
-            fix="pip install bitsandbytes (CUDA only), or use train.peft=lora",
+            fix="pip install 'tuneforge[gpu]' (bitsandbytes, CUDA only), or use train.peft=lora",
         )
 
 

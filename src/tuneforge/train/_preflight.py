@@ -66,6 +66,8 @@ class Preflight:
     peft: str
     packing: str  # "padding_free", "length_grouped" or "off"
     packing_reason: str
+    kernels: str  # fused layer kernels: "liger" or "none"
+    kernels_reason: str
     precision: str
     rows: dict[str, int]  # train/val examples used
     skipped: dict[str, int]  # rows of another kind than the method trains on

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import shutil
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +28,7 @@ from tuneforge.config import TuneforgeConfig, config_to_yaml
 from tuneforge.data import PreparedDataset
 from tuneforge.errors import DataError, TrainError, TrainInterrupted
 from tuneforge.train import _artifacts as artifacts
-from tuneforge.train import _launch
+from tuneforge.train import _kernels, _launch
 from tuneforge.train import _oom as oom
 from tuneforge.train import _peft as methods
 from tuneforge.train import _preflight as pf
@@ -98,6 +99,7 @@ def train(
     model_config = _model_config(model_ref)
     attention = methods.attention_for(model_config)
     packing, packing_reason = _packing(tcfg.packing, tcfg.method, attention, peft_config)
+    kernels = _kernels.choose(tcfg.kernels, model_config, methods.cuda_available())
     tokens_mb = pf.tokens_per_micro_batch(train_ex, tcfg, packing) * (2 if tcfg.method == "dpo" else 1)
     # DPO (and virtual-prompt PEFT) score every position; SFT/CPT only the trained ones.
     every = tcfg.method == "dpo" or getattr(peft_config, "is_prompt_learning", False)
@@ -110,7 +112,8 @@ def train(
         notes.append(f"{train_set.skipped} train row(s) are not {kind} rows and are skipped by method {tcfg.method}")
     tokens = sum(len(e.input_ids) for e in train_ex)
     preflight = pf.Preflight(
-        method=tcfg.method, peft=tcfg.peft, packing=packing, packing_reason=packing_reason, precision=prec,
+        method=tcfg.method, peft=tcfg.peft, packing=packing, packing_reason=packing_reason,
+        kernels=kernels.name, kernels_reason=kernels.reason, precision=prec,
         rows={"train": train_set.rows, "val": val_set.rows},
         skipped={"train": train_set.skipped, "val": val_set.skipped},
         tokens=tokens, trained_tokens=sum(e.trained for e in train_ex),
@@ -156,8 +159,7 @@ def train(
         started = time.time()
         trainer, output, val_loss, best, retries = _fit_backing_off(
             lambda t: methods.load_for_training(model_ref, t, cfg.model.dtype, prec, attn),
-            tokenizer, peft_config, tcfg, train_set, val_set, run, checkpoint, packing, prec, progress, extra,
-            tracker,
+            tokenizer, peft_config, tcfg, train_set, val_set, run, checkpoint, preflight, progress, extra, tracker,
         )
         step = trainer.state.global_step
         metrics = _metrics(trainer, output, val_loss, started, estimate.device, tcfg.price_per_device_hour)
@@ -197,6 +199,7 @@ def _meta_and_save(cfg: TuneforgeConfig, trainer: Any, tokenizer: Any, target: P
         "seed": tcfg.seed,
         "precision": prec,
         "packing": {"mode": packing, "reason": packing_reason},
+        "kernels": {"name": preflight.kernels, "reason": preflight.kernels_reason},
         "peft_type": methods.peft_type(peft_config),
         "serving": methods.serving(tcfg, peft_config),
         "versions": artifacts.versions(),
@@ -236,7 +239,7 @@ def _finish_tracking(tracker: TrainTracker, metrics: dict[str, Any], meta: dict[
 
 
 def _fit_backing_off(load: Callable[[Any], Any], tokenizer: Any, peft_config: Any, tcfg: Any, train_set: _Split,
-                     val_set: _Split, run: RunDirs, checkpoint: Path | None, packing: str, prec: str,
+                     val_set: _Split, run: RunDirs, checkpoint: Path | None, preflight: pf.Preflight,
                      progress: ProgressFn | None, callbacks: list[Any], tracker: TrainTracker | None,
                      ) -> tuple[Any, Any, float | None, tuple[int, float] | None, list[oom.OomRetry]]:
     """`_fit`, retried on CUDA out-of-memory with half the micro-batch and twice the accumulation."""
@@ -245,8 +248,8 @@ def _fit_backing_off(load: Callable[[Any], Any], tokenizer: Any, peft_config: An
     while True:
         model = load(attempt_cfg)  # a fresh model each attempt: PEFT wrapped the previous one in place
         try:
-            return (*_fit(model, tokenizer, peft_config, attempt_cfg, train_set, val_set, run, start_from, packing,
-                          prec, progress, callbacks), retries)
+            return (*_fit(model, tokenizer, peft_config, attempt_cfg, train_set, val_set, run, start_from, preflight,
+                          progress, callbacks), retries)
         except Exception as exc:
             if not oom.is_oom(exc):
                 raise
@@ -292,7 +295,7 @@ class _Split:
 
 
 def _fit(model: Any, tokenizer: Any, peft_config: Any, tcfg: Any, train_set: _Split, val_set: _Split,
-         run: RunDirs, checkpoint: Path | None, packing: str, prec: str,
+         run: RunDirs, checkpoint: Path | None, preflight: pf.Preflight,
          progress: ProgressFn | None, extra_callbacks: list[Any],
          ) -> tuple[Any, Any, float | None, tuple[int, float] | None]:
     """Build the TRL trainer, train (resuming from ``checkpoint``), evaluate.
@@ -314,6 +317,7 @@ def _fit(model: Any, tokenizer: Any, peft_config: Any, tcfg: Any, train_set: _Sp
         callbacks += [best, EarlyStoppingCallback(early_stopping_patience=tcfg.early_stopping_patience)]
     cuda = methods.cuda_available()
     has_val = bool(val_set.examples)
+    prec, kernels = preflight.precision, _kernels.Kernels(preflight.kernels, preflight.kernels_reason)
 
     def stopping() -> None:
         if progress:
@@ -321,17 +325,20 @@ def _fit(model: Any, tokenizer: Any, peft_config: Any, tcfg: Any, train_set: _Sp
                                    "(press again to abort without saving)"))
 
     set_seed(tcfg.seed)  # before PEFT wraps the model inside the trainer: seeds the adapter init
-    with quiet_datasets():
+    with quiet_datasets(), warnings.catch_warnings():
+        # TRL points Liger users at Hub kernels, which need a download; Liger is the installed choice.
+        warnings.filterwarnings("ignore", message=".*use_liger_kernel=True. is deprecated", category=FutureWarning)
         if tcfg.method == "dpo":
             from tuneforge.train import _dpo
 
-            args = _dpo.dpo_args(tcfg, run.staging, prec=prec, has_val=has_val, cuda=cuda)
+            args = _dpo.dpo_args(tcfg, run.staging, prec=prec, has_val=has_val, cuda=cuda, kernels=kernels)
             trainer: Any = _dpo.build_trainer(model, tokenizer, peft_config, args, train_set.pairs, val_set.pairs,
                                               run, tcfg.keep_checkpoints, callbacks)
         else:
             from tuneforge.train import _trainer
 
-            args = _trainer.sft_args(tcfg, run.staging, prec=prec, packing=packing, has_val=has_val, cuda=cuda)
+            args = _trainer.sft_args(tcfg, run.staging, prec=prec, packing=preflight.packing, has_val=has_val,
+                                     cuda=cuda, kernels=kernels)
             trainer = _trainer.build_trainer(model, tokenizer, peft_config, args, train_set.examples,
                                              val_set.examples, run, tcfg.keep_checkpoints, callbacks, cuda=cuda)
         with graceful_interrupt(guard, stopping):

@@ -178,7 +178,8 @@ def check_kernel(kernel: Any, device: str) -> str | None:
         ref_grads = torch.autograd.grad(ref.float().square().sum(), (q, k, v))
         # Relative to each tensor's largest value: two bf16 kernels differ by rounding (~1%), while a wrong
         # mask or window (attending across examples, or not causally) is off by the values themselves.
-        worst = max(float((a.float() - b.float()).abs().max() / b.float().abs().max().clamp(min=1e-6))
+        worst = max(float((a.detach().float() - b.detach().float()).abs().max()
+                          / b.detach().float().abs().max().clamp(min=1e-6))
                     for a, b in zip((fast, *grads), (ref, *ref_grads), strict=True))
     except Exception as exc:  # any failure means: do not pack with it
         return f"the varlen kernel failed its check on {device} ({type(exc).__name__}: {exc})"
