@@ -108,6 +108,33 @@ def make_adapters(base_dir: Path, ws: Any, out: Path, count: int) -> list[tuple[
     return made
 
 
+def alone(fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)`` on a thread that ends when it returns.
+
+    libgomp keeps an OpenMP thread pool for every thread that ran a parallel region, for as long as
+    that thread lives; with more pooled threads than cores it stops spinning between regions, and a
+    batch-1 decode step (hundreds of small regions) measured a third slower on 2 cores, whichever
+    thread ran it. Torch work done here on a thread that then ends takes its pool with it, so the
+    baseline and the engine are each measured with only their own pool alive.
+    """
+    import threading
+
+    out: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            out["value"] = fn(*args)
+        except BaseException as exc:  # noqa: BLE001 - re-raised on the caller's thread
+            out["error"] = exc
+
+    thread = threading.Thread(target=run, name=getattr(fn, "__name__", "bench"))
+    thread.start()
+    thread.join()
+    if "error" in out:
+        raise out["error"]
+    return out["value"]
+
+
 # -- systems ------------------------------------------------------------------------------------
 
 
@@ -372,12 +399,17 @@ async def run(args: argparse.Namespace) -> tuple[list[Measurement], dict[str, An
     results: list[Measurement] = []
     overhead = None
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp, contextlib.ExitStack() as stack:
-        made = make_adapters(resolved.path, ws, Path(tmp), max(args.adapters))
+        made = alone(make_adapters, resolved.path, ws, Path(tmp), max(args.adapters))
         runners = dict(RUNNERS)
         if args.vllm:
             vllm, measure_overhead = vllm_runners(made, Path(tmp), stack)
             runners.update(vllm)
             overhead = await measure_overhead(chat_prompts(tokenizer, args.overhead_requests), args.overhead_tokens)
+        baselines: dict[int, Measurement] = {}
+        for k in [] if args.no_baseline else args.adapters:  # before the engine's thread (and pool) exists
+            names = [n for n, _ in made[:k]] or [None]
+            prompts = chat_prompts(tokenizer, args.baseline_requests)
+            baselines[k] = alone(hf_sequential, resolved.path, made[:k], prompts, names, args.max_tokens, args.dtype)
         engine = LocalEngine(BASE, workspace=ws, dtype=args.dtype, max_batch=args.max_batch,
                              max_loaded_adapters=max(1, max(args.adapters)))
         await engine.start()
@@ -385,12 +417,9 @@ async def run(args: argparse.Namespace) -> tuple[list[Measurement], dict[str, An
             await engine.load_adapter(AdapterSpec(name, path))
         for k in args.adapters:
             names: list[str | None] = [n for n, _ in made[:k]] or [None]
-            if not args.no_baseline:
-                prompts = chat_prompts(tokenizer, args.baseline_requests)
-                m = await asyncio.to_thread(hf_sequential, resolved.path, made[:k], prompts, names, args.max_tokens,
-                                            args.dtype)
-                results.append(m)
-                print(m, file=sys.stderr)
+            if k in baselines:
+                results.append(baselines[k])
+                print(baselines[k], file=sys.stderr)
             for c in args.concurrency:
                 prompts = chat_prompts(tokenizer, args.requests or max(8, 2 * c))
                 await drive_engine(engine, "warmup", prompts[:c], names, c, 4)

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tuneforge.serve.engines._batch import BatchCache
+from tuneforge.serve.engines._row_adapters import RowAdapters
 from tuneforge.serve.engines._sampling import TextState, json_start_ids, pick
 from tuneforge.serve.engines.base import EngineError, FinishReason, GenerationEvent, GenerationRequest
 
@@ -72,6 +73,7 @@ class Scheduler:
                  max_prefill_tokens: int = 8192) -> None:
         self.base = model
         self.peft: Any = None  # PeftModel once the first adapter is attached
+        self._rows = RowAdapters()
         self.tokenizer = tokenizer
         self.stop_ids = sorted(stop_ids)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.stop_ids[0]
@@ -197,8 +199,10 @@ class Scheduler:
     def _forward(self, ids: Any, mask: Any, positions: Any, cache: Any, adapters: list[str]) -> Any:
         kwargs = {"input_ids": ids, "attention_mask": mask, "position_ids": positions, "past_key_values": cache,
                   "use_cache": True, "logits_to_keep": 1}
-        out = self.peft(**kwargs, adapter_names=adapters) if self.peft is not None else self.base(**kwargs)
-        return out.logits[:, -1, :].float()
+        if self.peft is None:
+            return self.base(**kwargs).logits[:, -1, :].float()
+        with self._rows.serving(adapters):  # the LoRA-injected model itself, past PeftModel's per-call hooks
+            return self.peft.get_base_model()(**kwargs).logits[:, -1, :].float()
 
     def _prefill(self, subs: list[Submission]) -> None:
         import torch
@@ -317,6 +321,7 @@ class Scheduler:
             else:
                 self.peft.load_adapter(path, adapter_name=name, is_trainable=False, autocast_adapter_dtype=False)
             self.peft.eval()
+            self._rows.install(self.peft)
         except Exception as exc:
             self._forget(name)
             raise EngineError(f"adapter {name} at {path} cannot be loaded onto the base: {type(exc).__name__}: "
@@ -330,9 +335,11 @@ class Scheduler:
             return
         if len(self.peft.peft_config) == 1:
             # Removing the LoRA layers (not just the weights) makes base-only steps plain forwards again.
+            self._rows.remove()
             self.base = self.peft.unload()
             self.peft = None
         else:
             with warnings.catch_warnings():  # PEFT warns that the active adapter moved; rows pick theirs
                 warnings.simplefilter("ignore", UserWarning)
                 self.peft.delete_adapter(name)
+            self._rows.install(self.peft)
