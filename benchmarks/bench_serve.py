@@ -388,6 +388,8 @@ def main() -> None:
 
 
 async def run(args: argparse.Namespace) -> tuple[list[Measurement], dict[str, Any] | None]:
+    """Each system alone on the machine, one after the other: the HF baseline, the local engine, then
+    the other runners (vLLM's server processes start only once the local engine has stopped)."""
     from tuneforge.models import load_tokenizer, resolve_model
     from tuneforge.serve.engines.base import AdapterSpec
     from tuneforge.serve.engines.local import LocalEngine
@@ -398,37 +400,50 @@ async def run(args: argparse.Namespace) -> tuple[list[Measurement], dict[str, An
     tokenizer = load_tokenizer(resolved)
     results: list[Measurement] = []
     overhead = None
+
+    def keep(m: Measurement) -> None:
+        results.append(m)
+        print(m, file=sys.stderr)
+
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp, contextlib.ExitStack() as stack:
         made = alone(make_adapters, resolved.path, ws, Path(tmp), max(args.adapters))
+        points = [([n for n, _ in made[:k]] or [None], c) for k in args.adapters for c in args.concurrency]
+
+        def prompts_for(c: int) -> list[str]:
+            return chat_prompts(tokenizer, args.requests or max(8, 2 * c))
+
+        for k in [] if args.no_baseline else args.adapters:
+            names = [n for n, _ in made[:k]] or [None]
+            keep(alone(hf_sequential, resolved.path, made[:k], chat_prompts(tokenizer, args.baseline_requests),
+                       names, args.max_tokens, args.dtype))
+        engine = LocalEngine(BASE, workspace=ws, dtype=args.dtype, max_batch=args.max_batch,
+                             max_loaded_adapters=max(1, max(args.adapters)))
+        await engine.start()
+        loaded: set[str] = set()
+        for k in args.adapters:
+            # Only the point's adapters are resident, as in a deployment serving them: with none, the
+            # base runs without LoRA layers at all.
+            for name in sorted(loaded - {n for n, _ in made[:k]}):
+                await engine.unload_adapter(name)
+                loaded.discard(name)
+            for name, path in made[:k]:
+                if name not in loaded:
+                    await engine.load_adapter(AdapterSpec(name, path))
+                    loaded.add(name)
+            names = [n for n, _ in made[:k]] or [None]
+            for c in args.concurrency:
+                prompts = prompts_for(c)
+                await drive_engine(engine, "warmup", prompts[:c], names, c, 4)
+                keep(await drive_engine(engine, "local", prompts, names, c, args.max_tokens))
+        await engine.stop()
         runners = dict(RUNNERS)
         if args.vllm:
             vllm, measure_overhead = vllm_runners(made, Path(tmp), stack)
             runners.update(vllm)
             overhead = await measure_overhead(chat_prompts(tokenizer, args.overhead_requests), args.overhead_tokens)
-        baselines: dict[int, Measurement] = {}
-        for k in [] if args.no_baseline else args.adapters:  # before the engine's thread (and pool) exists
-            names = [n for n, _ in made[:k]] or [None]
-            prompts = chat_prompts(tokenizer, args.baseline_requests)
-            baselines[k] = alone(hf_sequential, resolved.path, made[:k], prompts, names, args.max_tokens, args.dtype)
-        engine = LocalEngine(BASE, workspace=ws, dtype=args.dtype, max_batch=args.max_batch,
-                             max_loaded_adapters=max(1, max(args.adapters)))
-        await engine.start()
-        for name, path in made:
-            await engine.load_adapter(AdapterSpec(name, path))
-        for k in args.adapters:
-            names: list[str | None] = [n for n, _ in made[:k]] or [None]
-            if k in baselines:
-                results.append(baselines[k])
-                print(baselines[k], file=sys.stderr)
-            for c in args.concurrency:
-                prompts = chat_prompts(tokenizer, args.requests or max(8, 2 * c))
-                await drive_engine(engine, "warmup", prompts[:c], names, c, 4)
-                m = await drive_engine(engine, "local", prompts, names, c, args.max_tokens)
-                results.append(m)
-                print(m, file=sys.stderr)
-                for runner in runners.values():
-                    results.append(await runner(prompts, names, c, args.max_tokens))
-        await engine.stop()
+        for runner in runners.values():
+            for names, c in points:
+                results.append(await runner(prompts_for(c), names, c, args.max_tokens))
     return results, overhead
 
 

@@ -54,6 +54,27 @@ def test_lru_evicts_the_least_recently_used_idle_adapter(varied_model_dir: Path,
     run(scenario())
 
 
+def test_reloading_the_adapter_that_was_active_serves_it_and_not_its_neighbour(
+        varied_model_dir: Path, adapter_dirs: dict[str, Path], tmp_path: Path) -> None:
+    """A single-adapter step makes its adapter active in PEFT; unloading that adapter moves PEFT's active
+    adapter elsewhere, so after a reload the engine must activate it again."""
+    async def scenario() -> None:
+        eng = _engine(varied_model_dir, tmp_path, max_loaded_adapters=2)
+        await eng.start()
+        await eng.load_adapter(AdapterSpec("alpha", adapter_dirs["alpha"]))
+        await eng.load_adapter(AdapterSpec("beta", adapter_dirs["beta"]))
+        beta = await greedy(eng, PROMPTS[0], "beta")
+        alpha = await greedy(eng, PROMPTS[0], "alpha")
+        assert alpha != beta
+        await eng.unload_adapter("alpha")
+        await eng.load_adapter(AdapterSpec("alpha", adapter_dirs["alpha"]))
+        assert await greedy(eng, PROMPTS[0], "alpha") == alpha
+        assert await greedy(eng, PROMPTS[0], "beta") == beta
+        await eng.stop()
+
+    run(scenario())
+
+
 def test_full_table_of_busy_adapters_refuses_a_new_load(varied_model_dir: Path, adapter_dirs: dict[str, Path],
                                                          tmp_path: Path) -> None:
     async def scenario() -> None:

@@ -74,6 +74,9 @@ class Scheduler:
         self.base = model
         self.peft: Any = None  # PeftModel once the first adapter is attached
         self._rows = RowAdapters()
+        # The adapter this scheduler last made active for a single-adapter step; None when unknown (PEFT
+        # moves its active adapter itself when adapters come and go).
+        self._active: str | None = None
         self.tokenizer = tokenizer
         self.stop_ids = sorted(stop_ids)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.stop_ids[0]
@@ -201,8 +204,17 @@ class Scheduler:
                   "use_cache": True, "logits_to_keep": 1}
         if self.peft is None:
             return self.base(**kwargs).logits[:, -1, :].float()
-        with self._rows.serving(adapters):  # the LoRA-injected model itself, past PeftModel's per-call hooks
-            return self.peft.get_base_model()(**kwargs).logits[:, -1, :].float()
+        model = self.peft.get_base_model()  # the LoRA-injected model itself, past PeftModel's per-call hooks
+        first = adapters[0]
+        if first != BASE and all(a == first for a in adapters):
+            # One adapter for every row: PEFT's plain LoRA path, without the per-row split and scatter of a
+            # mixed batch; switching the active adapter walks the model, so only when it changes.
+            if self._active != first:
+                self.peft.set_adapter(first, inference_mode=True)
+                self._active = first
+            return model(**kwargs).logits[:, -1, :].float()
+        with self._rows.serving(adapters):
+            return model(**kwargs).logits[:, -1, :].float()
 
     def _prefill(self, subs: list[Submission]) -> None:
         import torch
@@ -322,6 +334,7 @@ class Scheduler:
                 self.peft.load_adapter(path, adapter_name=name, is_trainable=False, autocast_adapter_dtype=False)
             self.peft.eval()
             self._rows.install(self.peft)
+            self._active = None
         except Exception as exc:
             self._forget(name)
             raise EngineError(f"adapter {name} at {path} cannot be loaded onto the base: {type(exc).__name__}: "
@@ -333,6 +346,7 @@ class Scheduler:
     def _forget(self, name: str) -> None:
         if self.peft is None or name not in self.peft.peft_config:
             return
+        self._active = None
         if len(self.peft.peft_config) == 1:
             # Removing the LoRA layers (not just the weights) makes base-only steps plain forwards again.
             self._rows.remove()
