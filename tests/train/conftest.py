@@ -6,7 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from train_helpers import FAST, chat_row, write_dataset
+from train_helpers import FAST, chat_dataset
 
 from tuneforge.config import TuneforgeConfig, load_config
 
@@ -14,7 +14,7 @@ from tuneforge.config import TuneforgeConfig, load_config
 @pytest.fixture
 def dataset(tmp_path: Path) -> Path:
     """24 two-turn chat rows for training, 4 for validation."""
-    return write_dataset(tmp_path / "ds", [chat_row(i) for i in range(24)], [chat_row(100 + i) for i in range(4)])
+    return chat_dataset(tmp_path / "ds")
 
 
 @pytest.fixture

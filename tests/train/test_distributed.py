@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 import torch
-from train_helpers import chat_row, write_dataset
+from train_helpers import chat_dataset, chat_row, write_dataset
 from typer.testing import CliRunner
 
 from tuneforge.cli import app
@@ -39,7 +39,7 @@ def _cli(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
 def runs(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """The same data and settings trained in one process (library) and in two (torchrun, real CLI)."""
     root = tmp_path_factory.mktemp("ddp")
-    ds = write_dataset(root / "ds", [chat_row(i) for i in range(24)], [chat_row(100 + i) for i in range(4)])
+    ds = chat_dataset(root / "ds")
     sets = [f"model.base={tiny_model_dir}", *SETTINGS]
     single = train(load_config(None, [*sets, "train.save_every_steps=null"]), data=ds,
                    workspace=Workspace(root / "home"))

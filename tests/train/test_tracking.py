@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 import torch
-from train_helpers import FAST, chat_row, write_dataset
+from train_helpers import FAST, chat_dataset, chat_row, write_dataset
 from transformers import TrainerCallback
 
 from tuneforge.config import load_config
@@ -28,7 +28,7 @@ from tuneforge.workspace import Workspace
 def tracked(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[TrainResult, Any, list]:
     """One tracked 4-step run with evaluation every 2 steps; its progress events are kept."""
     root = tmp_path_factory.mktemp("tracked")
-    ds = write_dataset(root / "ds", [chat_row(i) for i in range(24)], [chat_row(100 + i) for i in range(4)])
+    ds = chat_dataset(root / "ds")
     cfg = load_config(None, [f"model.base={tiny_model_dir}", *FAST, "train.eval_every_steps=2",
                              "train.price_per_device_hour={cpu: 3.6}"])
     ws = Workspace(root / "ws")

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 import torch
-from train_helpers import FAST, chat_row, preference_row, write_dataset
+from train_helpers import FAST, chat_dataset, chat_row, preference_row, write_dataset
 
 from tuneforge.config import load_config
 from tuneforge.errors import TrainError
@@ -21,7 +21,7 @@ from tuneforge.workspace import Workspace
 def lora_run(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[TrainResult, Any, list]:
     """One LoRA run shared by the artifact tests; the in-memory model is captured as it is saved."""
     root = tmp_path_factory.mktemp("lora-run")
-    ds = write_dataset(root / "ds", [chat_row(i) for i in range(24)], [chat_row(100 + i) for i in range(4)])
+    ds = chat_dataset(root / "ds")
     cfg = load_config(None, [f"model.base={tiny_model_dir}", *FAST, "train.max_steps=6",
                              "train.precision=bf16"])
     captured: dict[str, Any] = {}

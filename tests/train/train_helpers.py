@@ -35,3 +35,8 @@ def write_dataset(path: Path, train: list[dict[str, Any]], val: list[dict[str, A
     fingerprint = f"{abs(hash(json.dumps([train, val], sort_keys=True))):064d}"[-64:]
     (path / "manifest.json").write_text(json.dumps({"fingerprint": fingerprint, "counts": {}}))
     return path
+
+
+def chat_dataset(path: Path) -> Path:
+    """The usual training set of these tests: 24 two-turn chat rows for training, 4 for validation."""
+    return write_dataset(path, [chat_row(i) for i in range(24)], [chat_row(100 + i) for i in range(4)])

@@ -124,11 +124,12 @@ class Embedder:
             self._model = SentenceTransformer(str(get_model_path()), device="cpu")
         return self._model
 
+    def encode(self, texts: list[str]) -> Any:
+        """Unit-norm embeddings of ``texts``, one numpy row each."""
+        return self._load().encode(texts, batch_size=64, normalize_embeddings=True, convert_to_numpy=True)
+
     def similarities(self, a: list[str], b: list[str]) -> list[float]:
         """Cosine similarity of a[i] and b[i], clipped to [0, 1]."""
         if not a:
             return []
-        model = self._load()
-        ea = model.encode(a, batch_size=64, normalize_embeddings=True, convert_to_numpy=True)
-        eb = model.encode(b, batch_size=64, normalize_embeddings=True, convert_to_numpy=True)
-        return [min(1.0, max(0.0, float(x))) for x in (ea * eb).sum(axis=1)]
+        return [min(1.0, max(0.0, float(x))) for x in (self.encode(a) * self.encode(b)).sum(axis=1)]

@@ -97,8 +97,7 @@ def embed(texts: list[str], embedder: Any = None) -> np.ndarray:
     """
     from tuneforge.eval.metrics import Embedder
 
-    model = (embedder or Embedder())._load()
-    return np.asarray(model.encode(texts, batch_size=64, normalize_embeddings=True, convert_to_numpy=True))
+    return np.asarray((embedder or Embedder()).encode(texts))
 
 
 # --- prompt text -------------------------------------------------------------------------------

@@ -23,6 +23,24 @@ class PromptEncoder:
         return list(self.tokenizer.encode(text, add_special_tokens=add_special_tokens))
 
 
+class PromptSide:
+    """An engine's ``max_context``, ``count_tokens`` and ``encode``, from the ``PromptEncoder`` and the
+    context it sets when it starts."""
+
+    _prompts: PromptEncoder | None
+    _context: int
+
+    @property
+    def max_context(self) -> int:
+        return self._context
+
+    def count_tokens(self, text: str, *, add_special_tokens: bool = False) -> int:
+        return len(self.encode(text, add_special_tokens=add_special_tokens))
+
+    def encode(self, text: str, *, add_special_tokens: bool = False) -> list[int]:
+        return started(self._prompts).encode(text, add_special_tokens)
+
+
 def started(prompts: PromptEncoder | None) -> PromptEncoder:
     if prompts is None:
         raise EngineError("the engine has not started", status=503, code="engine_not_ready")

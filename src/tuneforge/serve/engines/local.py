@@ -22,7 +22,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from tuneforge.serve.engines._adapters import AdapterTable, verify
-from tuneforge.serve.engines._prompt import PromptEncoder, prompt_ids, started
+from tuneforge.serve.engines._prompt import PromptEncoder, PromptSide, prompt_ids
 from tuneforge.serve.engines._scheduler import DONE, Scheduler, Submission
 from tuneforge.serve.engines.base import (
     AdapterSpec,
@@ -34,7 +34,7 @@ from tuneforge.serve.engines.base import (
 from tuneforge.workspace import Workspace
 
 
-class LocalEngine:
+class LocalEngine(PromptSide):
     name = "local"
 
     def __init__(self, base: str, *, workspace: Workspace | None = None, dtype: str = "auto", max_batch: int = 32,
@@ -93,16 +93,6 @@ class LocalEngine:
 
     def ready(self) -> bool:
         return self._scheduler is not None and self._scheduler.alive()
-
-    @property
-    def max_context(self) -> int:
-        return self._context
-
-    def count_tokens(self, text: str, *, add_special_tokens: bool = False) -> int:
-        return len(self.encode(text, add_special_tokens=add_special_tokens))
-
-    def encode(self, text: str, *, add_special_tokens: bool = False) -> list[int]:
-        return started(self._prompts).encode(text, add_special_tokens)
 
     def stats(self) -> EngineStats:
         s = self._scheduler

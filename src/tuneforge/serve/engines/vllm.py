@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from tuneforge.serve.engines._adapters import AdapterTable, verify
-from tuneforge.serve.engines._prompt import PromptEncoder, prompt_ids, started
+from tuneforge.serve.engines._prompt import PromptEncoder, PromptSide, prompt_ids
 from tuneforge.serve.engines._vllm_process import LaunchSpec, VllmProcess, find_python
 from tuneforge.serve.engines.base import (
     AdapterSpec,
@@ -45,7 +45,7 @@ UNHEALTHY_CHECKS = 3  # consecutive failed /health answers from a live process b
 KEEPALIVE_S = 4.0
 
 
-class VllmEngine:
+class VllmEngine(PromptSide):
     name = "vllm"
 
     def __init__(self, base: str, *, workspace: Workspace | None = None, cfg: Any = None) -> None:
@@ -164,16 +164,6 @@ class VllmEngine:
 
     def ready(self) -> bool:
         return self._ready and self.process is not None and self.process.alive()
-
-    @property
-    def max_context(self) -> int:
-        return self._context
-
-    def count_tokens(self, text: str, *, add_special_tokens: bool = False) -> int:
-        return len(self.encode(text, add_special_tokens=add_special_tokens))
-
-    def encode(self, text: str, *, add_special_tokens: bool = False) -> list[int]:
-        return started(self._prompts).encode(text, add_special_tokens)
 
     def stats(self) -> EngineStats:
         return EngineStats(running=len(self._inflight), waiting=0, loaded_adapters=self._adapters.names())
