@@ -407,15 +407,18 @@ async def run(args: argparse.Namespace) -> tuple[list[Measurement], dict[str, An
 
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp, contextlib.ExitStack() as stack:
         made = alone(make_adapters, resolved.path, ws, Path(tmp), max(args.adapters))
-        points = [([n for n, _ in made[:k]] or [None], c) for k in args.adapters for c in args.concurrency]
+
+        def names_for(k: int) -> list[str | None]:  # the adapters a point sends to, round-robin; [None]: the base
+            return [n for n, _ in made[:k]] or [None]
+
+        points = [(names_for(k), c) for k in args.adapters for c in args.concurrency]
 
         def prompts_for(c: int) -> list[str]:
             return chat_prompts(tokenizer, args.requests or max(8, 2 * c))
 
         for k in [] if args.no_baseline else args.adapters:
-            names = [n for n, _ in made[:k]] or [None]
             keep(alone(hf_sequential, resolved.path, made[:k], chat_prompts(tokenizer, args.baseline_requests),
-                       names, args.max_tokens, args.dtype))
+                       names_for(k), args.max_tokens, args.dtype))
         engine = LocalEngine(BASE, workspace=ws, dtype=args.dtype, max_batch=args.max_batch,
                              max_loaded_adapters=max(1, max(args.adapters)))
         await engine.start()
@@ -430,11 +433,10 @@ async def run(args: argparse.Namespace) -> tuple[list[Measurement], dict[str, An
                 if name not in loaded:
                     await engine.load_adapter(AdapterSpec(name, path))
                     loaded.add(name)
-            names = [n for n, _ in made[:k]] or [None]
             for c in args.concurrency:
                 prompts = prompts_for(c)
-                await drive_engine(engine, "warmup", prompts[:c], names, c, 4)
-                keep(await drive_engine(engine, "local", prompts, names, c, args.max_tokens))
+                await drive_engine(engine, "warmup", prompts[:c], names_for(k), c, 4)
+                keep(await drive_engine(engine, "local", prompts, names_for(k), c, args.max_tokens))
         await engine.stop()
         runners = dict(RUNNERS)
         if args.vllm:

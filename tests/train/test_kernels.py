@@ -12,7 +12,7 @@ from train_helpers import FAST, chat_row
 
 from tuneforge.errors import TrainError
 from tuneforge.train import train
-from tuneforge.train._kernels import LIGER_CONFIG, Kernels, choose
+from tuneforge.train._kernels import LIGER_CONFIG, Kernels, choose, trainer_args
 
 HAS_LIGER = importlib.util.find_spec("liger_kernel") is not None
 
@@ -25,7 +25,7 @@ def _llama() -> object:
 
 def test_auto_keeps_the_models_layers_without_cuda_and_none_never_uses_liger() -> None:
     auto = choose("auto", _llama(), cuda=False)
-    assert auto.name == "none" and "CUDA" in auto.reason and auto.trainer_args() == {}
+    assert auto.name == "none" and "CUDA" in auto.reason and trainer_args(auto.name) == {}
     assert choose("none", _llama(), cuda=True) == Kernels("none", "train.kernels=none")
 
 
@@ -66,8 +66,7 @@ def test_trainer_takes_liger_layer_kernels_but_keeps_trls_fused_loss(tiny_model_
     from tuneforge.workspace import Workspace
 
     cfg = tiny_cfg(*FAST).train
-    liger = Kernels("liger", "test")
-    args = sft_args(cfg, tmp_path / "stage", prec="fp32", packing="off", has_val=False, cuda=False, kernels=liger)
+    args = sft_args(cfg, tmp_path / "stage", prec="fp32", packing="off", has_val=False, cuda=False, kernels="liger")
     assert args.use_liger_kernel and args.liger_kernel_config == LIGER_CONFIG
     assert not sft_args(cfg, tmp_path / "s2", prec="fp32", packing="off", has_val=False, cuda=False).use_liger_kernel
     tok = load_tokenizer(resolve_model(str(tiny_model_dir), Workspace.from_env(tmp_path)))

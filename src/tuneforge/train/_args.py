@@ -7,15 +7,14 @@ from pathlib import Path
 from typing import Any
 
 from tuneforge.config import TrainConfig
-from tuneforge.train import _launch
-from tuneforge.train._kernels import Kernels
+from tuneforge.train import _kernels, _launch
 from tuneforge.train._peft import optimizer
 
 _SCHEDULERS = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}
 
 
 def shared_args(tcfg: TrainConfig, staging: Path, *, prec: str, has_val: bool, cuda: bool,
-                kernels: Kernels | None = None) -> dict[str, Any]:
+                kernels: str = "none") -> dict[str, Any]:
     eval_steps = tcfg.eval_every_steps if has_val else None
     return dict(
         output_dir=str(staging),
@@ -50,5 +49,5 @@ def shared_args(tcfg: TrainConfig, staging: Path, *, prec: str, has_val: bool, c
         dataloader_pin_memory=cuda,
         dataset_num_proc=None,
         **_launch.trainer_kwargs(tcfg.distributed),
-        **(kernels.trainer_args() if kernels else {}),
+        **_kernels.trainer_args(kernels),
     )

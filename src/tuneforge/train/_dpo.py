@@ -19,7 +19,6 @@ from tuneforge.train import _launch
 from tuneforge.train._args import shared_args
 from tuneforge.train._artifacts import RunDirs
 from tuneforge.train._dropout import use_fast_dropout
-from tuneforge.train._kernels import Kernels
 from tuneforge.train._tokenize import Pair
 
 
@@ -43,7 +42,7 @@ class _DPOTrainer(DPOTrainer):
 
 
 def dpo_args(tcfg: TrainConfig, staging: Path, *, prec: str, has_val: bool, cuda: bool,
-             kernels: Kernels | None = None) -> DPOConfig:
+             kernels: str = "none") -> DPOConfig:
     return DPOConfig(
         **shared_args(tcfg, staging, prec=prec, has_val=has_val, cuda=cuda, kernels=kernels),
         beta=tcfg.beta,

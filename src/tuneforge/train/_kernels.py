@@ -31,11 +31,12 @@ class Kernels:
     name: str
     reason: str
 
-    def trainer_args(self) -> dict[str, Any]:
-        """transformers' TrainingArguments that apply them when training starts."""
-        if self.name != "liger":
-            return {}
-        return {"use_liger_kernel": True, "liger_kernel_config": dict(LIGER_CONFIG)}
+
+def trainer_args(name: str) -> dict[str, Any]:
+    """transformers' TrainingArguments that apply the kernels ``name``d by `choose` when training starts."""
+    if name != "liger":
+        return {}
+    return {"use_liger_kernel": True, "liger_kernel_config": dict(LIGER_CONFIG)}
 
 
 def choose(requested: str, model_config: Any, cuda: bool) -> Kernels:

@@ -317,7 +317,7 @@ def _fit(model: Any, tokenizer: Any, peft_config: Any, tcfg: Any, train_set: _Sp
         callbacks += [best, EarlyStoppingCallback(early_stopping_patience=tcfg.early_stopping_patience)]
     cuda = methods.cuda_available()
     has_val = bool(val_set.examples)
-    prec, kernels = preflight.precision, _kernels.Kernels(preflight.kernels, preflight.kernels_reason)
+    prec, kernels = preflight.precision, preflight.kernels
 
     def stopping() -> None:
         if progress:

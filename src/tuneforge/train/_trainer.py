@@ -30,7 +30,6 @@ from tuneforge.train import _launch
 from tuneforge.train._args import shared_args
 from tuneforge.train._artifacts import RunDirs
 from tuneforge.train._dropout import use_fast_dropout
-from tuneforge.train._kernels import Kernels
 from tuneforge.train._progress import ProgressFn, TrainProgress
 from tuneforge.train._tokenize import Example
 
@@ -289,7 +288,7 @@ class BestWeights(TrainerCallback):
 
 
 def sft_args(tcfg: TrainConfig, staging: Path, *, prec: str, packing: str, has_val: bool, cuda: bool,
-             kernels: Kernels | None = None) -> SFTConfig:
+             kernels: str = "none") -> SFTConfig:
     return SFTConfig(
         **shared_args(tcfg, staging, prec=prec, has_val=has_val, cuda=cuda, kernels=kernels),
         packing=packing == "padding_free",
