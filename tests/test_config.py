@@ -56,6 +56,36 @@ def test_bad_override_form_is_explained() -> None:
     assert "did you mean 'data.max_tokens'" in str(e.value)
 
 
+def test_an_error_names_the_file_and_the_set_values_it_came_from(tmp_path: Path) -> None:
+    f = tmp_path / "c.yaml"
+    f.write_text("train:\n  lr: fast\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(f, ["data.max_tokens=512"])
+    assert e.value.where == f"{f} + --set data.max_tokens=512" and f"{f}:2: train.lr" in str(e.value)
+    with pytest.raises(ConfigError) as e:
+        load_config(None, ["train.lr=fast"])
+    assert e.value.where == "defaults + --set train.lr=fast"
+
+
+def test_training_and_vllm_agree_on_the_highest_servable_rank() -> None:
+    with pytest.raises(ConfigError) as e:
+        load_config(None, ["serve.engine=vllm", "train.max_serving_rank=128"])
+    (problem,) = e.value.problems
+    assert "train.max_serving_rank=128 exceeds serve.vllm.max_lora_rank=64" in problem
+    assert "Value error" not in problem and "(got" not in problem  # the validator's sentence, not pydantic's
+    cfg = load_config(None, ["serve.engine=vllm", "train.max_serving_rank=128", "serve.vllm.max_lora_rank=128"])
+    assert cfg.train.max_serving_rank == 128
+    assert load_config(None, ["train.max_serving_rank=128"]).train.max_serving_rank == 128  # local engine: no limit
+
+
+def test_pii_mode_off_is_read_as_written(tmp_path: Path) -> None:
+    # YAML 1.1 reads a bare `off` as false; the user meant the mode named off.
+    f = tmp_path / "c.yaml"
+    f.write_text("data:\n  pii:\n    mode: off\n")
+    assert load_config(f).data.pii.mode == "off"
+    assert load_config(None, ["data.pii.mode=off"]).data.pii.mode == "off"
+
+
 def test_missing_file_and_bad_yaml(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "nope.yaml")

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tuneforge.errors import ConfigError
 
@@ -89,6 +89,12 @@ class PiiConfig(_Section):
         description="Minimum recognizer confidence. Phone numbers score 0.4 without context "
         "words, so lower this to catch bare numbers at the cost of false positives.",
     )
+
+    @field_validator("mode", mode="before")
+    @classmethod
+    def _yaml_off(cls, value: Any) -> Any:
+        # YAML reads a bare `off` (in the file or in --set data.pii.mode=off) as the boolean false.
+        return "off" if value is False else value
 
 
 class DecontamConfig(_Section):
@@ -356,8 +362,8 @@ class TrainConfig(_Section):
     )
     price_per_device_hour: dict[str, float] = Field(
         default_factory=lambda: {"cpu": 0.0},
-        description="Price of one device-hour by accelerator kind (cpu, or a substring of the GPU name "
-        "such as h100), used to report the cost of a run.",
+        description="Price of one device-hour by accelerator kind: cpu, a word of the GPU's name such as "
+        "h100 or a100 (the longest match wins), or cuda for any other GPU. Cost = wall time × processes × price.",
     )
     distributed: DistributedConfig = Field(
         default_factory=DistributedConfig,
@@ -982,6 +988,18 @@ class TuneforgeConfig(_Section):
     ab: AbConfig = Field(default_factory=AbConfig)
     guardrails: GuardrailsConfig = Field(default_factory=GuardrailsConfig)
 
+    @model_validator(mode="after")
+    def _servable(self) -> TuneforgeConfig:
+        # Training refuses ranks above train.max_serving_rank; vLLM refuses ranks above its own limit.
+        # Both must agree, or an adapter that passed the train-time check would not load when served.
+        if self.serve.engine == "vllm" and self.train.max_serving_rank > self.serve.vllm.max_lora_rank:
+            raise ValueError(
+                f"train.max_serving_rank={self.train.max_serving_rank} exceeds serve.vllm.max_lora_rank="
+                f"{self.serve.vllm.max_lora_rank}, so adapters trained up to that rank would not load in vLLM; "
+                "raise serve.vllm.max_lora_rank or lower train.max_serving_rank"
+            )
+        return self
+
 
 # ---------------------------------------------------------------------------------------------
 # loading
@@ -1008,6 +1026,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise ConfigError(["the top level must be a mapping of sections"], source=source)
         raw = loaded
         lines = _key_lines(text)
+    # The error names what the user gave: the file, the --set values, or both.
+    origin = f"{source} + --set {' '.join(overrides)}" if overrides else source
     problems: list[str] = []
     for item in overrides or []:
         try:
@@ -1015,11 +1035,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         except ValueError as exc:
             problems.append(str(exc))
     if problems:
-        raise ConfigError(problems, source=source)
+        raise ConfigError(problems, source=origin)
     try:
         return TuneforgeConfig.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(_describe(exc, source, lines), source=source) from None
+        raise ConfigError(_describe(exc, source, lines), source=origin) from None
 
 
 def _apply_override(raw: dict[str, Any], item: str) -> None:
@@ -1097,6 +1117,8 @@ def _describe(exc: ValidationError, source: str, lines: dict[tuple[str, ...], in
             hint = f"did you mean '{'.'.join(str(p) for p in loc[:-1] + (close[0],))}'?" if close else ""
             allowed = f"valid keys here: {', '.join(valid)}" if valid else ""
             problems.append(f"{where}unknown key '{key}'. " + (hint or allowed))
+        elif err["type"] == "value_error":  # a validator's own sentence already says what and how to fix
+            problems.append(f"{where}{key}: {err['msg'].removeprefix('Value error, ')}")
         else:
             problems.append(f"{where}{key}: {err['msg']} (got {err.get('input')!r})")
     return problems

@@ -210,7 +210,9 @@ def _gib(v: float) -> str:
 def _cost(m: dict[str, Any]) -> str:
     if m.get("cost") is None:
         return "- (no train.price_per_device_hour for this device)"
-    return f"{m['cost']:.4f} at {m.get('price_per_device_hour')}/device-hour"
+    hours = m.get("device_hours")
+    over = f" × {hours:.3g} h" if hours is not None else ""
+    return f"{m['cost']:.4f} at {m.get('price_per_device_hour')}/device-hour{over}"
 
 
 def train_summary(result: TrainResult) -> None:
@@ -227,7 +229,9 @@ def train_summary(result: TrainResult) -> None:
             ("parameters", e.params), ("trainable", e.trainable_params),
             ("tokens per micro-batch", e.tokens_per_micro_batch), ("weights", _gib(e.weights_gib)),
             ("gradients", _gib(e.gradients_gib)), ("optimizer", _gib(e.optimizer_gib)),
-            ("activations", _gib(e.activations_gib)), ("total", _gib(e.total_gib)),
+            ("activations", _gib(e.activations_gib)),
+            (f"logits ({e.scored_tokens_per_micro_batch:,} scored positions)", _gib(e.logits_gib)),
+            ("runtime overhead", _gib(e.runtime_gib)), ("total", _gib(e.total_gib)),
             ("available", _gib(e.available_gib) if e.available_gib is not None else "?"),
         ]))
         for i, segs in enumerate(pre.samples):

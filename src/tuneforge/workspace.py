@@ -41,6 +41,11 @@ class Workspace:
         return self.root / "runs"
 
     @property
+    def tensorboard_dir(self) -> Path:
+        """TensorBoard event files of runs with train.report_to: [tensorboard], one directory per run."""
+        return self.root / "tensorboard"
+
+    @property
     def mlflow_db(self) -> Path:
         """The embedded MLflow store (runs, params, metrics, registered models) when no server is set."""
         return self.root / "mlflow.db"

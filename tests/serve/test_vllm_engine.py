@@ -179,6 +179,32 @@ def test_adapter_for_another_base_is_refused_and_the_server_keeps_serving(
     assert client.chat.completions.create(model="support@1", messages=MSG, max_tokens=2).choices
 
 
+def test_an_adapter_from_tuneforge_train_loads_in_vllm(client: openai.OpenAI, server: ServerThread,
+                                                       registered: dict[str, Any], vllm_ws: Workspace,
+                                                       tmp_path: Path) -> None:
+    """The other adapters here are built with PEFT directly; this one goes prepare → train → register."""
+    import json
+
+    from tuneforge.data import prepare
+    from tuneforge.train import train
+
+    rows = [{"messages": [{"role": "user", "content": f"Where is my order {i}?"},
+                          {"role": "assistant", "content": f"Order {i} ships tomorrow."}]} for i in range(40)]
+    (tmp_path / "orders.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = vllm_cfg("data.pii.mode=off", "data.dedup.near=false", "train.max_steps=4", "train.batch_size=4",
+                   "train.lr=1e-2", "train.save_every_steps=null", "train.lora.dropout=0.0")
+    dataset = prepare(cfg, [str(tmp_path / "orders.jsonl")], workspace=vllm_ws)
+    adapter = train(cfg, data=dataset, workspace=vllm_ws, out=tmp_path / "trained").path
+    registered["registry"].register(adapter, "orders")
+    httpx.post(server.url + "/admin/refresh", headers={"authorization": f"Bearer {ENV['TUNEFORGE_ADMIN_KEY']}"})
+    ask = [{"role": "user", "content": "Where is my order 977?"}]
+    base = client.chat.completions.create(model=BASE, messages=ask, max_tokens=8, temperature=0)
+    tuned = client.chat.completions.create(model="orders@1", messages=ask, max_tokens=8, temperature=0)
+    assert "orders@1" in vllm_models(server)  # served by vLLM itself, all-linear LoRA from train()
+    assert tuned.choices[0].message.content != base.choices[0].message.content
+    assert tuned.choices[0].message.content.startswith("Order ")  # the trained answer's form
+
+
 def test_adapter_files_changed_after_registration_are_refused(server: ServerThread,
                                                               registered: dict[str, Any]) -> None:
     from tuneforge.serve.engines.base import AdapterSpec, EngineError

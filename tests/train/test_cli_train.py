@@ -18,7 +18,7 @@ def test_dry_run_prints_preflight_memory_and_marked_samples(dataset: Path, tiny_
     r = runner.invoke(app, ["train", "--dry-run", "--data", str(dataset), "--set", f"model.base={tiny_model_dir}"])
     assert r.exit_code == 0, r.output
     for text in ("preflight", "memory estimate", "trainable", "optimizer steps", "«Sorry! Order 0 ships in 1 days.",
-                 "packing: length_grouped", "dry run ok"):
+                 "scored positions)", "runtime overhead", "packing: length_grouped", "dry run ok"):
         assert text in r.output, text
     assert not list(Path(dataset).parent.glob("tfhome/adapters/*"))
 

@@ -69,6 +69,10 @@ def test_two_processes_take_half_the_optimizer_steps(runs: dict[str, Any]) -> No
     meta = json.loads((runs["out"] / "tuneforge.json").read_text())
     assert single.meta["world_size"] == 1 and single.metrics["steps"] == 6  # 24 rows / batch 4
     assert meta["metrics"]["steps"] * 2 == single.metrics["steps"]
+    # Each process held a device for the whole run: both are billed.
+    # (wall_time_s is rounded to 10 ms: 1e-5 h is 36 ms)
+    assert meta["metrics"]["device_hours"] == pytest.approx(2 * meta["metrics"]["wall_time_s"] / 3600, abs=1e-5)
+    assert single.metrics["device_hours"] == pytest.approx(single.metrics["wall_time_s"] / 3600, abs=1e-5)
     # Twice the effective batch is another run: the DDP adapter never reuses the single-process one.
     assert meta["run_key"] != single.run_key
 

@@ -76,3 +76,14 @@ def test_oom_retries_are_limited_by_config(dataset: Path, tiny_cfg) -> None:
         train(tiny_cfg("train.batch_size=4", "train.oom_retries=1", "tracking.enabled=false"), data=dataset,
               callbacks=[fault])
     assert [a[:2] for a in fault.attempts] == [(4, 1), (2, 2)]
+
+
+@pytest.mark.parametrize(("batch", "accum", "expected"), [(8, 1, (4, 2)), (6, 2, (3, 4)), (3, 1, (1, 3)),
+                                                          (5, 2, (1, 10)), (9, 1, (3, 3))])
+def test_a_back_off_keeps_the_effective_batch(batch: int, accum: int, expected: tuple[int, int]) -> None:
+    from tuneforge.config import load_config
+    from tuneforge.train._oom import halved
+
+    smaller = halved(load_config(None, [f"train.batch_size={batch}", f"train.grad_accum={accum}"]).train)
+    assert (smaller.batch_size, smaller.grad_accum) == expected
+    assert smaller.batch_size * smaller.grad_accum == batch * accum and smaller.batch_size <= batch // 2

@@ -123,15 +123,35 @@ def test_qlora_without_cuda_is_a_clear_error(dataset: Path, tiny_cfg) -> None:
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
     pre = train(tiny_cfg("train.peft=qlora"), data=dataset, dry_run=True).preflight
-    assert any("QLoRA needs a CUDA GPU" in n for n in pre.notes)  # a dry run still plans the job
+    assert any("QLoRA needs a CUDA GPU" in n and "train.peft=lora" in n for n in pre.notes)  # a dry run still plans
     with pytest.raises(TrainError) as err:
         train(tiny_cfg("train.peft=qlora"), data=dataset)
     assert "CUDA" in err.value.what and "bitsandbytes" in err.value.what and "train.peft=lora" in err.value.fix
 
 
+def test_an_unknown_peft_type_lists_the_known_ones(tiny_cfg) -> None:
+    from tuneforge.train._peft import build_peft_config
+
+    with pytest.raises(TrainError, match="unknown PEFT method 'NOPE'") as err:
+        build_peft_config(tiny_cfg("train.peft=passthrough", "train.peft_config={peft_type: nope}").train)
+    assert err.value.where == "train.peft_config.peft_type"
+    assert "IA3" in err.value.fix.split(", ") and "PeftType" not in err.value.fix
+
+
+def test_target_modules_the_model_lacks_are_a_clear_error(dataset: Path, tiny_cfg) -> None:
+    with pytest.raises(TrainError, match="nope_proj") as err:  # already in a dry run, before any weight loads
+        train(tiny_cfg("train.lora.target_modules=[nope_proj]"), data=dataset, dry_run=True)
+    assert err.value.where == "train.lora.target_modules"
+    assert "q_proj" in err.value.fix and "down_proj" in err.value.fix and "all-linear" in err.value.fix
+
+
 def test_missing_tracker_package_is_named(dataset: Path, tiny_cfg) -> None:
-    with pytest.raises(TrainError, match="the wandb package is not installed"):
+    with pytest.raises(TrainError, match="no wandb package is installed") as err:
         train(tiny_cfg("train.report_to=[wandb]"), data=dataset, dry_run=True)
+    assert err.value.where == "train.report_to" and "pip install wandb" in err.value.fix
+    with pytest.raises(TrainError, match="unknown tracker 'neptune'") as err:
+        train(tiny_cfg("train.report_to=[neptune]"), data=dataset, dry_run=True)
+    assert "tensorboard" in err.value.fix and "mlflow" not in err.value.fix.split("(")[0]
 
 
 def test_cpt_trains_every_token_of_text_rows(tmp_path: Path, tiny_cfg) -> None:

@@ -30,7 +30,7 @@ def tracked(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> t
     root = tmp_path_factory.mktemp("tracked")
     ds = chat_dataset(root / "ds")
     cfg = load_config(None, [f"model.base={tiny_model_dir}", *FAST, "train.eval_every_steps=2",
-                             "train.price_per_device_hour={cpu: 3.6}"])
+                             "train.price_per_device_hour={cpu: 3.6}", "train.report_to=[tensorboard]"])
     ws = Workspace(root / "ws")
     events: list[TrainProgress] = []
     with pytest.MonkeyPatch.context() as mp:
@@ -64,6 +64,38 @@ def test_run_records_params_tags_and_final_metrics(tracked, tiny_model_dir: Path
     assert m["train_loss"] == pytest.approx(result.metrics["train_loss"])
     assert m["cost"] == pytest.approx(result.metrics["cost"]) and m["cost"] > 0  # 3.6/h of wall time
     assert m["price_per_device_hour"] == 3.6
+
+
+def _tensorboard_scalars(log_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar of the event files in ``log_dir`` (TFRecord framing: length, crc, event, crc)."""
+    import struct
+
+    from tensorboardX.proto.event_pb2 import Event
+
+    scalars: dict[str, list[tuple[int, float]]] = {}
+    for path in sorted(log_dir.rglob("events.out.tfevents.*")):
+        data, pos = path.read_bytes(), 0
+        while pos < len(data):
+            (length,) = struct.unpack("<Q", data[pos:pos + 8])
+            event = Event.FromString(data[pos + 12:pos + 12 + length])
+            pos += 12 + length + 4
+            for value in event.summary.value:
+                scalars.setdefault(value.tag, []).append((event.step, value.simple_value))
+    return scalars
+
+
+def test_tensorboard_events_outlive_the_run(tracked) -> None:
+    # transformers writes them under the trainer's output directory by default: the checkpoint staging
+    # area, which a finished run deletes. They must be in the workspace, and tuneforge.json says where.
+    result, _, _ = tracked
+    log_dir = Path(result.meta["tensorboard_dir"])
+    assert log_dir.parent.name == "tensorboard" and log_dir.name == f"{result.name}-{result.run_key[:12]}"
+    scalars = _tensorboard_scalars(log_dir)
+    assert [step for step, _ in scalars["train/loss"]] == [1, 2, 3, 4]
+    assert scalars["train/loss"][-1][1] == pytest.approx(result.metrics["train_loss"], rel=1e-5)
+    assert scalars["train/loss"][0][1] == pytest.approx(result.metrics["train_loss_first"], rel=1e-5)
+    assert [step for step, _ in scalars["eval/loss"]] == [2, 4, 4]  # every 2 steps, then the final evaluation
+    assert scalars["eval/loss"][-1][1] == pytest.approx(result.metrics["val_loss"], rel=1e-5)
 
 
 def test_every_step_is_a_metric_point(tracked) -> None:
@@ -222,6 +254,20 @@ def test_cli_summary_shows_cost_device_wall_time_and_run(dataset: Path, tiny_mod
     assert r.exit_code == 0, r.output
     meta = artifacts.read_meta(next(Workspace.from_env().adapters_dir.iterdir()))
     cost_row = next(line for line in r.output.splitlines() if "cost" in line)
-    assert f"{meta['metrics']['cost']:.4f} at 2.5/device-hour" in cost_row
+    assert f"{meta['metrics']['cost']:.4f} at 2.5/device-hour × {meta['metrics']['device_hours']:.3g} h" in cost_row
     assert any("device" in line and "cpu" in line for line in r.output.splitlines())
     assert "runtime (training / wall)" in r.output and meta["tracking"]["run_id"] in r.output
+
+
+def test_the_price_of_a_device_is_its_most_specific_key() -> None:
+    from tuneforge.train._train import price_for
+
+    prices = {"cpu": 0.1, "cuda": 1.0, "h100": 2.5, "h100 nvl": 3.0, "A10G": 0.8, "l4": 0.5}
+    assert price_for("cuda:NVIDIA H100 80GB HBM3", prices) == 2.5  # not the generic cuda price
+    assert price_for("cuda:NVIDIA H100 NVL", prices) == 3.0  # the longer name wins
+    assert price_for("cuda:NVIDIA A100-SXM4-80GB", prices) == 1.0  # no named key: the cuda fallback
+    assert price_for("cuda:NVIDIA A10G", prices) == 0.8  # keys match whatever their case
+    assert price_for("cuda:NVIDIA L40S", prices) == 1.0 and price_for("cuda:NVIDIA L4", prices) == 0.5  # whole words
+    assert price_for("cpu", prices) == 0.1
+    assert price_for("cuda:NVIDIA L4", {"GPU": 0.7}) == 0.7
+    assert price_for("cuda:NVIDIA L4", {"cpu": 0.0}) is None  # no price: the cost is unknown, not 0

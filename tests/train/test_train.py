@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import torch
 from train_helpers import FAST, chat_dataset, chat_row, preference_row, write_dataset
+from transformers import TrainerCallback
 
 from tuneforge.config import load_config
 from tuneforge.errors import TrainError
@@ -123,11 +124,59 @@ def test_other_peft_methods(dataset: Path, tiny_cfg, overrides: list[str], peft_
         assert config["use_dora"] is True
 
 
+class _Seen(TrainerCallback):
+    """What the trainer's model and run directory look like during training."""
+
+    def __init__(self, runs: Path) -> None:
+        self.runs = runs
+        self.checkpointing: list[bool] = []
+        self.kept: list[list[str]] = []
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
+        self.checkpointing.append(bool(model.is_activation_checkpointing))
+
+    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        (run,) = self.runs.iterdir()
+        self.kept.append([p.name for p in artifacts.RunDirs(run).list()])
+
+
 def test_gradient_checkpointing_and_early_stopping_run(dataset: Path, tiny_cfg) -> None:
     cfg = tiny_cfg("train.max_steps=3", "train.gradient_checkpointing=true", "train.eval_every_steps=1",
                    "train.early_stopping_patience=1", "train.grad_accum=2")
-    m = train(cfg, data=dataset).metrics
+    seen = _Seen(Workspace.from_env().runs_dir)
+    m = train(cfg, data=dataset, callbacks=[seen]).metrics
     assert m["val_loss"] > 0 and 1 <= m["steps"] <= 3 and isinstance(m["stopped_early"], bool)
+    assert seen.checkpointing == [True]
+    seen = _Seen(Workspace.from_env().runs_dir)
+    train(tiny_cfg("train.max_steps=1"), data=dataset, out=dataset.parent / "plain", callbacks=[seen])
+    assert seen.checkpointing == [False]
+
+
+def test_only_the_last_checkpoints_are_kept(dataset: Path, tiny_cfg) -> None:
+    seen = _Seen(Workspace.from_env().runs_dir)
+    train(tiny_cfg("train.max_steps=4", "train.save_every_steps=1", "train.keep_checkpoints=2"), data=dataset,
+          callbacks=[seen])
+    assert seen.kept == [["checkpoint-1"], ["checkpoint-1", "checkpoint-2"], ["checkpoint-2", "checkpoint-3"],
+                         ["checkpoint-3", "checkpoint-4"]]
+    assert not list(Workspace.from_env().runs_dir.iterdir())  # the finished run's checkpoints are gone
+
+
+def test_dpo_with_an_adapter_keeps_no_second_model(tmp_path: Path, tiny_cfg, tiny_model_dir: Path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    from tuneforge.models import load_tokenizer, resolve_model
+    from tuneforge.train._dpo import build_trainer, dpo_args
+    from tuneforge.train._peft import build_peft_config
+    from tuneforge.train._tokenize import build_pairs
+
+    tcfg = tiny_cfg("train.method=dpo").train
+    tok = load_tokenizer(resolve_model(str(tiny_model_dir), Workspace.from_env()))
+    pairs, _ = build_pairs(tok, [preference_row(i) for i in range(4)])
+    args = dpo_args(tcfg, tmp_path / "stage", prec="fp32", has_val=False, cuda=False)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    trainer = build_trainer(model, tok, build_peft_config(tcfg), args, pairs, [],
+                            artifacts.RunDirs(tmp_path / "run"), 1, [])
+    assert trainer.ref_model is None  # the reference is the base with the adapter switched off
 
 
 def test_full_fine_tune_saves_a_model_that_changed(dataset: Path, tiny_cfg, tiny_model_dir: Path) -> None:
@@ -199,3 +248,31 @@ def test_dpo_trains_the_adapter_against_the_frozen_base(tmp_path: Path, tiny_cfg
     assert m["train_loss_first"] == pytest.approx(0.6931, abs=1e-3)
     assert m["train_loss"] < m["train_loss_first"] and m["val_loss"] < 0.6931  # preference loss went down
     assert result.meta["serving"]["vllm_lora"] and (result.path / "adapter_model.safetensors").is_file()
+
+
+class _Rates(TrainerCallback):
+    def __init__(self) -> None:
+        self.rates: list[float] = []
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> None:
+        if logs and "learning_rate" in logs:
+            self.rates.append(logs["learning_rate"])
+
+
+@pytest.mark.parametrize(("scheduler", "warmup"), [("cosine", 0.0), ("linear", 0.5), ("constant", 0.5)])
+def test_learning_rate_follows_the_schedule(dataset: Path, tiny_cfg, scheduler: str, warmup: float) -> None:
+    import math
+
+    rates = _Rates()
+    train(tiny_cfg(f"train.scheduler={scheduler}", f"train.warmup_ratio={warmup}", "tracking.enabled=false"),
+          data=dataset, out=dataset.parent / scheduler, callbacks=[rates])
+    total, warm, peak = 4, int(warmup * 4), 1e-2  # FAST: 4 steps at lr 1e-2
+
+    def expected(done: int) -> float:  # the rate of the step after `done` optimizer steps
+        if done < warm:
+            return peak * done / warm
+        after = (done - warm) / (total - warm)
+        return {"cosine": peak * 0.5 * (1 + math.cos(math.pi * after)), "linear": peak * (1 - after),
+                "constant": peak}[scheduler]
+
+    assert rates.rates == pytest.approx([expected(k) for k in range(total)])

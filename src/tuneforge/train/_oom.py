@@ -39,8 +39,11 @@ def is_oom(exc: BaseException) -> bool:
 
 
 def halved(tcfg: Any) -> Any:
-    """``tcfg`` with half the micro-batch and twice the accumulation (an odd batch rounds down)."""
-    return tcfg.model_copy(update={"batch_size": tcfg.batch_size // 2, "grad_accum": tcfg.grad_accum * 2})
+    """``tcfg`` with at most half the micro-batch and the accumulation raised to keep the effective batch:
+    the largest divisor of the batch size up to its half (6 → 3 × 2 steps, 3 → 1 × 3 steps)."""
+    size = tcfg.batch_size
+    smaller = max((d for d in range(1, size // 2 + 1) if size % d == 0), default=1)
+    return tcfg.model_copy(update={"batch_size": smaller, "grad_accum": tcfg.grad_accum * (size // smaller)})
 
 
 def give_up(tcfg: Any, retries: list[OomRetry], limit: int) -> TrainError | None:

@@ -45,7 +45,16 @@ def precision(tcfg: TrainConfig) -> str:
         return tcfg.precision
     if torch.cuda.is_available():
         return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    return "bf16"  # CPU autocast supports bf16
+    return "bf16" if cpu_has_bf16() else "fp32"
+
+
+def cpu_has_bf16() -> bool:
+    """Whether oneDNN has bf16 kernels for this CPU (x86 with AVX-512, ARM with BF16). Elsewhere bf16
+    autocast falls back to slow reference kernels, so fp32 is the faster choice."""
+    import torch
+
+    check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    return bool(check()) if check is not None else False
 
 
 def check_hardware(tcfg: TrainConfig) -> None:
@@ -85,22 +94,23 @@ def optimizer(tcfg: TrainConfig, cuda: bool) -> str:
     return "adamw_torch"
 
 
-# report_to name -> the package transformers needs for it.
-_TRACKERS = {"mlflow": "mlflow", "tensorboard": "tensorboard", "wandb": "wandb", "trackio": "trackio",
-             "comet_ml": "comet_ml", "clearml": "clearml", "swanlab": "swanlab"}
+# report_to name -> the packages transformers can use for it (any one will do). MLflow is built in.
+_TRACKERS = {"tensorboard": ("tensorboard", "tensorboardX"), "wandb": ("wandb",), "trackio": ("trackio",),
+             "comet_ml": ("comet_ml",), "clearml": ("clearml",), "swanlab": ("swanlab",)}
 
 
 def check_trackers(report_to: list[str]) -> None:
     import importlib.util
 
     for name in report_to:
-        package = _TRACKERS.get(name)
-        if package is None:
+        packages = _TRACKERS.get(name)
+        if packages is None:
             raise TrainError(f"unknown tracker {name!r}", where="train.report_to",
-                             fix=f"use any of: {', '.join(_TRACKERS)}")
-        if importlib.util.find_spec(package) is None:
-            raise TrainError(f"train.report_to names {name}, but the {package} package is not installed",
-                             where="train.report_to", fix=f"pip install {package}, or remove {name} from train.report_to")
+                             fix=f"use any of: {', '.join(_TRACKERS)} (MLflow is built in: tracking.enabled)")
+        if all(importlib.util.find_spec(p) is None for p in packages):
+            raise TrainError(f"train.report_to names {name}, but no {' or '.join(packages)} package is installed",
+                             where="train.report_to",
+                             fix=f"pip install {packages[-1]}, or remove {name} from train.report_to")
 
 
 def build_peft_config(tcfg: TrainConfig) -> Any:
@@ -129,7 +139,7 @@ def build_peft_config(tcfg: TrainConfig) -> Any:
             raise TrainError(
                 f"unknown PEFT method {ptype or '(none)'!r}",
                 where="train.peft_config.peft_type",
-                fix=f"one of: {', '.join(sorted(str(k) for k in PEFT_TYPE_TO_CONFIG_MAPPING))}",
+                fix=f"one of: {', '.join(sorted(getattr(k, 'value', str(k)) for k in PEFT_TYPE_TO_CONFIG_MAPPING))}",
             ) from None
         except (TypeError, ValueError) as exc:
             raise TrainError(

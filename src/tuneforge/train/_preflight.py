@@ -8,6 +8,7 @@ stop), a row truncated mid-answer. Each is an error here, all reported at once.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -187,7 +188,13 @@ def estimate_memory(config: Any, tcfg: TrainConfig, peft_config: Any, tokens: in
 
         from peft import get_peft_model
 
-        peft_model = get_peft_model(model, copy.deepcopy(peft_config))
+        try:
+            with warnings.catch_warnings():  # PEFT reads transformers' deprecated checkpointing flag
+                warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated",
+                                        category=FutureWarning)
+                peft_model = get_peft_model(model, copy.deepcopy(peft_config))
+        except ValueError as exc:  # e.g. target modules the model does not have
+            raise _peft_refused(exc, tcfg, model) from None
         trainable, _ = peft_model.get_nb_trainable_parameters()
     else:
         trainable = params
@@ -221,6 +228,15 @@ def estimate_memory(config: Any, tcfg: TrainConfig, peft_config: Any, tokens: in
         total_gib=round(total / GIB, 3), available_gib=available, device=device,
         scored_tokens_per_micro_batch=scored, logits_gib=round(logits / GIB, 3), runtime_gib=round(runtime / GIB, 3),
     )
+
+
+def _peft_refused(exc: ValueError, tcfg: TrainConfig, model: Any) -> TrainError:
+    import torch
+
+    where = "train.peft_config" if tcfg.peft == "passthrough" else "train.lora.target_modules"
+    linear = sorted({name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
+    return TrainError(f"PEFT cannot apply this configuration to the model: {exc}", where=where,
+                      fix=f"target the model's linear layers by name ({', '.join(linear)}) or use all-linear")
 
 
 def _device_memory() -> tuple[str, float | None]:

@@ -15,6 +15,7 @@ Raises:
 from __future__ import annotations
 
 import logging
+import re
 import shutil
 import time
 import warnings
@@ -95,6 +96,7 @@ def train(
     pf.check_examples(train_ex, val_ex, tcfg, stops, contract.stop_tokens or [str(tokenizer.eos_token)])
     prec = methods.precision(tcfg)
     methods.check_trackers(tcfg.report_to)
+    methods.optimizer(tcfg, methods.cuda_available())  # an optimizer this machine lacks fails the dry run too
     peft_config = methods.build_peft_config(tcfg)
     model_config = _model_config(model_ref)
     attention = methods.attention_for(model_config)
@@ -107,7 +109,8 @@ def train(
     estimate = pf.estimate_memory(model_config, tcfg, peft_config, tokens_mb, prec, scored)
     notes = [n for n in (pf.memory_note(estimate, tcfg),) if n]
     if tcfg.peft == "qlora" and not methods.cuda_available():
-        notes.append("QLoRA needs a CUDA GPU with bitsandbytes; training on this machine will fail")
+        notes.append("QLoRA needs a CUDA GPU with bitsandbytes; training on this machine will fail "
+                     "(use train.peft=lora here)")
     if train_set.skipped:
         notes.append(f"{train_set.skipped} train row(s) are not {kind} rows and are skipped by method {tcfg.method}")
     tokens = sum(len(e.input_ids) for e in train_ex)
@@ -155,14 +158,17 @@ def train(
                  "tuneforge.base": model_ref.identity},
                 dataset,
             )
-        extra = [*(callbacks or []), *([tracker.callback()] if tracker else [])]
+        tensorboard = ws.tensorboard_dir / f"{name}-{key[:12]}" if "tensorboard" in tcfg.report_to else None
+        extra = [*(callbacks or []), *([tracker.callback()] if tracker else []),
+                 *([_tensorboard_logger(tensorboard)] if tensorboard else [])]
         started = time.time()
         trainer, output, val_loss, best, retries = _fit_backing_off(
             lambda t: methods.load_for_training(model_ref, t, cfg.model.dtype, prec, attn),
             tokenizer, peft_config, tcfg, train_set, val_set, run, checkpoint, preflight, progress, extra, tracker,
         )
         step = trainer.state.global_step
-        metrics = _metrics(trainer, output, val_loss, started, estimate.device, tcfg.price_per_device_hour)
+        metrics = _metrics(trainer, output, val_loss, started, estimate.device, tcfg.price_per_device_hour,
+                           _launch.world_size())
         metrics["stopped_early"] = step < trainer.state.max_steps
         if best is not None:
             metrics["best_step"], metrics["best_val_loss"] = best
@@ -170,7 +176,8 @@ def train(
         if progress:
             progress(TrainProgress("saving", step, step))
         meta = _meta_and_save(cfg, trainer, tokenizer, target, name, key, model_ref, contract, dataset, prec,
-                              packing, packing_reason, peft_config, metrics, preflight, checkpoint, run, tracker)
+                              packing, packing_reason, peft_config, metrics, preflight, checkpoint, run, tracker,
+                              tensorboard)
     except BaseException as exc:
         if tracker:
             tracker.fail(exc)
@@ -180,10 +187,17 @@ def train(
     return TrainResult(target, name, key, preflight, metrics, meta, resumed_from_step=_step_of(checkpoint))
 
 
+def _tensorboard_logger(log_dir: Path) -> Any:
+    from tuneforge.train._trainer import TensorBoardLogger
+
+    return TensorBoardLogger(log_dir)
+
+
 def _meta_and_save(cfg: TuneforgeConfig, trainer: Any, tokenizer: Any, target: Path, name: str, key: str,
                    model_ref: Any, contract: Any, dataset: PreparedDataset, prec: str, packing: str,
                    packing_reason: str, peft_config: Any, metrics: dict[str, Any], preflight: pf.Preflight,
-                   checkpoint: Path | None, run: RunDirs, tracker: TrainTracker | None) -> dict[str, Any]:
+                   checkpoint: Path | None, run: RunDirs, tracker: TrainTracker | None,
+                   tensorboard: Path | None) -> dict[str, Any]:
     """tuneforge.json's content, then the adapter directory written with it (rank 0 only)."""
     tcfg = cfg.train
     meta = {
@@ -210,6 +224,7 @@ def _meta_and_save(cfg: TuneforgeConfig, trainer: Any, tokenizer: Any, target: P
         "distributed": _launch.describe(tcfg.distributed),
         # The registry tags versions with the training run; part of the meta before the checksum.
         "tracking": tracker.info if tracker else None,
+        "tensorboard_dir": str(tensorboard) if tensorboard else None,
     }
     trained = trainer.model
     if _launch.is_main():  # every rank holds the same weights; one writes them
@@ -328,6 +343,8 @@ def _fit(model: Any, tokenizer: Any, peft_config: Any, tcfg: Any, train_set: _Sp
     with quiet_datasets(), warnings.catch_warnings():
         # TRL points Liger users at Hub kernels, which need a download; Liger is the installed choice.
         warnings.filterwarnings("ignore", message=".*use_liger_kernel=True. is deprecated", category=FutureWarning)
+        # PEFT and TRL read transformers' old name for the flag; nothing a user can change.
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
         if tcfg.method == "dpo":
             from tuneforge.train import _dpo
 
@@ -431,7 +448,9 @@ def _checkpoint_to_resume(run: RunDirs, resume: bool) -> Path | None:
     last = run.last()
     if resume and last is None:
         raise TrainError("--resume: this run has no checkpoint", where=str(run.checkpoints),
-                         fix="run without --resume to start from the beginning")
+                         fix="run without --resume to start from the beginning; a checkpoint belongs to the exact "
+                         "config, data and model it was trained with, so resume with the same --config/--set "
+                         "values as the interrupted run")
     if not resume and last is not None:
         raise TrainError(
             f"an earlier run with this exact configuration stopped at {last.name}",
@@ -446,13 +465,14 @@ def _step_of(checkpoint: Path | None) -> int | None:
 
 
 def _metrics(trainer: Any, output: Any, val_loss: float | None, started: float, device: str,
-             prices: dict[str, float]) -> dict[str, Any]:
+             prices: dict[str, float], devices: int) -> dict[str, Any]:
     history = trainer.state.log_history
     losses = [h["loss"] for h in history if "loss" in h]
     tokens = max((h.get("num_tokens", 0) for h in history), default=0)
-    runtime = float(output.metrics.get("train_runtime", time.time() - started))
-    hours = (time.time() - started) / 3600
-    price = _price(device, prices)
+    wall = time.time() - started
+    runtime = float(output.metrics.get("train_runtime", wall))
+    device_hours = devices * wall / 3600  # every process holds its own device
+    price = price_for(device, prices)
     last_train = next((h for h in reversed(history) if "loss" in h), {})
     preference = {k.replace("/", "_"): last_train[k] for k in ("rewards/accuracies", "rewards/margins")
                   if k in last_train}
@@ -465,18 +485,26 @@ def _metrics(trainer: Any, output: Any, val_loss: float | None, started: float, 
         "epochs": trainer.state.epoch,
         "tokens_seen_this_process": int(tokens),
         "train_runtime_s": round(runtime, 2),
-        "wall_time_s": round(time.time() - started, 2),  # includes OOM retries; what the cost is based on
+        "wall_time_s": round(wall, 2),  # includes OOM retries; what the cost is based on
         "tokens_per_s": round(tokens / runtime, 1) if runtime > 0 else None,
         "device": device,
-        "cost": round(hours * price, 4) if price is not None else None,
+        "cost": round(device_hours * price, 4) if price is not None else None,
         "price_per_device_hour": price,
+        "device_hours": round(device_hours, 9),
         "tuneforge_version": tuneforge.__version__,
     }
 
 
-def _price(device: str, prices: dict[str, float]) -> float | None:
+def price_for(device: str, prices: dict[str, float]) -> float | None:
+    """The price per device-hour of ``device`` ("cpu" or "cuda:<GPU name>"): the longest key that is a
+    whole word of the GPU's name (``h100`` for "cuda:NVIDIA H100 80GB", never ``a10`` for an A100 or
+    ``l4`` for an L40S), else the generic ``cuda`` or ``gpu`` key."""
     kind = device.lower()
     if kind == "cpu":
         return prices.get("cpu")
-    matches = [v for k, v in prices.items() if k.lower() != "cpu" and k.lower() in kind]
-    return matches[0] if matches else prices.get("cuda", prices.get("gpu"))
+    lowered = {k.lower(): v for k, v in prices.items()}
+    named = [k for k in lowered if k not in ("cpu", "cuda", "gpu")
+             and re.search(rf"(?<![a-z0-9]){re.escape(k)}(?![a-z0-9])", kind)]
+    if named:
+        return lowered[max(named, key=len)]
+    return lowered.get("cuda", lowered.get("gpu"))

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from transformers import Trainer, TrainerCallback
+from transformers.integrations import TensorBoardCallback
 from transformers.trainer_callback import PrinterCallback
 from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
 from trl import SFTConfig, SFTTrainer
@@ -116,6 +117,26 @@ class _Trainer(SFTTrainer):
         if self.is_world_process_zero():
             self._run.commit(self.state.global_step, self._keep)
         _launch.barrier()
+
+
+class TensorBoardLogger(TensorBoardCallback):
+    """transformers' TensorBoard callback, writing into ``log_dir`` of the workspace.
+
+    Its default directory is under the trainer's output directory, which here is the checkpoint
+    staging area a finished run deletes. And each writer it opens gets a file of its own: the final
+    evaluation reopens one after training closed it, and the default file name (time in seconds and
+    host) would let that second writer truncate the first one's file within the same second.
+    """
+
+    def __init__(self, log_dir: Path) -> None:
+        super().__init__()
+        self.logging_dir = str(log_dir)
+        self._opened = 0
+
+    def _init_summary_writer(self, args: Any) -> None:
+        self._opened += 1
+        self.tb_writer = self._SummaryWriter(log_dir=self.logging_dir,
+                                             filename_suffix=f".{os.getpid()}.{self._opened}")
 
 
 class _EpochSeededLengthGrouped(LengthGroupedSampler):
