@@ -174,3 +174,17 @@ def test_a_storage_optuna_cannot_open_is_a_clear_error(ds: Path, tiny_model_dir:
     with pytest.raises(TrainError, match="cannot open the Optuna study") as err:
         tune(_cfg(tiny_model_dir, "tune.storage=nosuchdb://x/y"), data=ds, trials=1)
     assert "tune.storage" in err.value.where and not list(Workspace.from_env().root.glob("tune/*"))
+
+
+def test_epochs_are_searched_when_no_max_steps_is_set(ds: Path, tiny_model_dir: Path) -> None:
+    cfg = _cfg(tiny_model_dir, "train.max_steps=null", "tune.space.epochs={low: 1, high: 2}", "tune.space.lora_r=[4]",
+               "tune.study=epochs")
+    result = tune(cfg, data=ds, trials=3)
+    seen = set()
+    for t in result.trials:
+        epochs = t.params["epochs"]
+        seen.add(epochs)
+        meta = json.loads((Path(t.adapter) / "tuneforge.json").read_text())
+        assert meta["config"]["train"]["epochs"] == epochs
+        assert meta["metrics"]["steps"] == 3 * epochs  # 12 rows, batch 4: 3 steps an epoch
+    assert seen <= {1, 2} and result.best_params["epochs"] in seen
