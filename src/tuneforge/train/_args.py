@@ -43,7 +43,7 @@ def shared_args(tcfg: TrainConfig, staging: Path, *, prec: str, has_val: bool, c
         eval_steps=eval_steps,
         metric_for_best_model="eval_loss" if tcfg.early_stopping_patience else None,
         greater_is_better=False if tcfg.early_stopping_patience else None,
-        # TensorBoard comes as a callback with a log directory that outlives the run (_peft.tensorboard_callback).
+        # TensorBoard comes as a callback with a log directory that outlives the run (_trainer.TensorBoardLogger).
         report_to=[r for r in tcfg.report_to if r != "tensorboard"] or "none",
         disable_tqdm=True,
         max_length=tcfg.max_seq_len,

@@ -500,9 +500,9 @@ def price_for(device: str, prices: dict[str, float]) -> float | None:
     whole word of the GPU's name (``h100`` for "cuda:NVIDIA H100 80GB", never ``a10`` for an A100 or
     ``l4`` for an L40S), else the generic ``cuda`` or ``gpu`` key."""
     kind = device.lower()
-    if kind == "cpu":
-        return prices.get("cpu")
     lowered = {k.lower(): v for k, v in prices.items()}
+    if kind == "cpu":
+        return lowered.get("cpu")
     named = [k for k in lowered if k not in ("cpu", "cuda", "gpu")
              and re.search(rf"(?<![a-z0-9]){re.escape(k)}(?![a-z0-9])", kind)]
     if named:
