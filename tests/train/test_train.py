@@ -112,6 +112,9 @@ def test_rerun_of_an_identical_config_is_a_no_op(lora_run, tiny_model_dir: Path)
         (["train.peft=passthrough",
           "train.peft_config={peft_type: IA3, target_modules: [k_proj, v_proj, down_proj], "
           "feedforward_modules: [down_proj]}"], "IA3", False),
+        # Virtual tokens shift hidden states against labels: trained with the model's own loss.
+        (["train.peft=passthrough", "train.peft_config={peft_type: PROMPT_TUNING, num_virtual_tokens: 4}"],
+         "PROMPT_TUNING", False),
     ],
 )
 def test_other_peft_methods(dataset: Path, tiny_cfg, overrides: list[str], peft_type: str, vllm: bool) -> None:
@@ -122,6 +125,8 @@ def test_other_peft_methods(dataset: Path, tiny_cfg, overrides: list[str], peft_
     assert config["peft_type"] == peft_type
     if overrides[0] == "train.peft=dora":
         assert config["use_dora"] is True
+    if peft_type == "PROMPT_TUNING":
+        assert config["num_virtual_tokens"] == 4
 
 
 class _Seen(TrainerCallback):
