@@ -86,6 +86,13 @@ def test_pii_mode_off_is_read_as_written(tmp_path: Path) -> None:
     assert load_config(None, ["data.pii.mode=off"]).data.pii.mode == "off"
 
 
+def test_a_malformed_gate_fails_validation_before_any_stage_runs() -> None:
+    with pytest.raises(ConfigError) as e:
+        load_config(None, ['eval.gates=["json_valid >= ", "field_accuracy >= baseline + 0.2"]'])
+    (problem,) = e.value.problems
+    assert problem.startswith("eval.gates: cannot parse gate 'json_valid >= '") and "e.g." in problem
+
+
 def test_missing_file_and_bad_yaml(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "nope.yaml")

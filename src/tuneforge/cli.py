@@ -97,7 +97,10 @@ def data_inspect(
 ) -> None:
     """Counts, token lengths, turns, reject reasons and samples with trained spans marked."""
     from tuneforge.data import inspect_dataset, render_html
+    from tuneforge.outputs import output_file
 
+    if html:
+        output_file(html, where="--html")
     ins = inspect_dataset(path, samples=samples)
     console.inspection(ins)
     if html:
@@ -205,14 +208,17 @@ def eval_cmd(
     """Score MODEL on golden suites (CIs, baselines, forgetting, judge) and check eval.gates (exit 1 on failure)."""
     from tuneforge.eval import evaluate
     from tuneforge.eval.summary import print_summary
+    from tuneforge.outputs import output_dir
 
     try:
+        if out is not None:
+            output_dir(out, where="--out")
         cfg = _load(config, set_)
         with console.err.status("evaluating") as status:
             result = evaluate(cfg, model, suites=suite, baselines=baseline, out=out,
                               progress=lambda msg: status.update(msg))
     except TuneforgeError as exc:  # exit 2: the evaluation could not run (1 is reserved for failed gates)
-        console.err.print(f"[bold red]error:[/bold red] {exc.render()}", markup=True, highlight=False)
+        console.error(exc)
         raise typer.Exit(2) from None
     print_summary(result.report, console.out, (str(result.json_path), str(result.html_path)))
     if not result.passed:
@@ -280,17 +286,20 @@ def monitor_cmd(
     def show(result) -> None:
         console.monitor_summary(result, Workspace.from_env().root / "monitor" / "report.html")
         if json_out is not None:
-            json_out.parent.mkdir(parents=True, exist_ok=True)
             json_out.write_text(json.dumps(result.to_dict(), indent=2))
 
     def say(msg: str) -> None:
         console.err.print(msg, highlight=False, markup=False)
 
     try:
+        if json_out is not None:
+            from tuneforge.outputs import output_file
+
+            output_file(json_out, where="--json")
         cfg = _load(config, set_)
         if watch:
             def report_error(exc: TuneforgeError) -> None:
-                console.err.print(f"[bold red]error:[/bold red] {exc.render()}", markup=True, highlight=False)
+                console.error(exc)
 
             try:
                 watch_loop(cfg, every_s=every, on_result=show, on_error=report_error, say=say)
@@ -299,7 +308,7 @@ def monitor_cmd(
             return
         result = run_monitor(cfg, say=say)
     except TuneforgeError as exc:  # exit 2: the check could not run (1 is reserved for an alarm)
-        console.err.print(f"[bold red]error:[/bold red] {exc.render()}", markup=True, highlight=False)
+        console.error(exc)
         raise typer.Exit(2) from None
     show(result)
     if result.alarm:
@@ -320,14 +329,16 @@ def ab_report_cmd(
 
     from tuneforge.monitor import _render
     from tuneforge.monitor.ab import ab_report, parse_duration
+    from tuneforge.outputs import output_file
     from tuneforge.workspace import Workspace
 
+    if json_out is not None:
+        output_file(json_out, where="--json")
     cfg = _load(config, set_)
     start = time.time() - parse_duration(since) if since else None
     report = ab_report(Workspace.from_env(), cfg, name, since=start)
     _render.ab_report(report, console.out)
     if json_out is not None:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(report.to_dict(), indent=2, default=str))
         console.out.print(f"wrote {json_out}")
 
@@ -406,7 +417,7 @@ def main() -> None:
     try:
         app()
     except TuneforgeError as exc:
-        console.err.print(f"[bold red]error:[/bold red] {exc.render()}", markup=True, highlight=False)
+        console.error(exc)
         sys.exit(1)
 
 

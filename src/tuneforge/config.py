@@ -624,6 +624,20 @@ class EvalConfig(_Section):
     samples: int = Field(5, ge=0, description="Side-by-side samples (candidate vs baseline differ) in eval.html.")
     cache: bool = Field(True, description="Reuse generations cached by (model, suite, generation config).")
 
+    @field_validator("gates")
+    @classmethod
+    def _gates_parse(cls, gates: list[str]) -> list[str]:
+        # A typo in a gate must fail `config validate` and the pipeline up front, not after training.
+        from tuneforge.errors import EvalError
+        from tuneforge.eval.gates import parse_gate
+
+        for expr in gates:
+            try:
+                parse_gate(expr)
+            except EvalError as exc:
+                raise ValueError(f"{exc.what}; {exc.fix}") from None
+        return gates
+
 
 class TuneRange(_Section):
     low: float = Field(description="Smallest value a trial may sample (inclusive).")
@@ -1012,9 +1026,14 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     source = "defaults"
     if path is not None:
         p = Path(path)
+        if p.is_dir():
+            raise ConfigError([f"{p} is a directory, not a config file"], source=str(p))
         if not p.is_file():
             raise ConfigError([f"config file {p} does not exist"], source=str(p))
-        text = p.read_text()
+        try:
+            text = p.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise ConfigError([f"not UTF-8 text (byte {exc.start}); save the file as UTF-8"], source=str(p)) from None
         source = str(p)
         try:
             loaded = yaml.safe_load(text)

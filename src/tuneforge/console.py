@@ -198,6 +198,12 @@ class TrainProgressBar:
                             f"ETA {fields.get('eta', '-')}", markup=False, highlight=False)
 
 
+def error(exc: Any) -> None:
+    """A user-caused error on stderr: what, where and how to fix it, printed as text (a path or a --set
+    value with square brackets is not rich markup)."""
+    err.print(f"[bold red]error:[/bold red] {escape(exc.render())}", highlight=False)
+
+
 def _duration(seconds: float) -> str:
     s = int(seconds)
     return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"

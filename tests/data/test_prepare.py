@@ -139,6 +139,23 @@ def test_fully_invalid_input_reports_then_fails(tmp_path: Path, tiny_model_dir: 
     assert [r["reason"] for r in rejects_of(ds)] == ["invalid_json", "unknown_format", "not_an_object"]
 
 
+def test_files_that_are_not_what_their_name_says_are_data_errors(tmp_path: Path, tiny_model_dir: Path) -> None:
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes("question caf\xe9,answer\nhi,there\n".encode("latin-1"))
+    with pytest.raises(DataError, match="not UTF-8") as err:
+        run(tmp_path, tiny_model_dir, [latin])
+    assert err.value.where == str(latin) and "UTF-8" in err.value.fix
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    with pytest.raises(DataError, match="the input files have no rows"):
+        run(tmp_path, tiny_model_dir, [empty], out="empty")
+    fake = tmp_path / "rows.parquet"
+    fake.write_text('{"messages": []}\n')
+    with pytest.raises(DataError, match="cannot read the Parquet file") as err:
+        run(tmp_path, tiny_model_dir, [fake])
+    assert err.value.where == str(fake)
+
+
 @pytest.mark.parametrize("mode", ["redact", "drop", "flag"])
 def test_pii_modes(tmp_path: Path, tiny_model_dir: Path, mode: str) -> None:
     rows = distinct_rows(3) + [chat("Card 4111 1111 1111 1111 was charged, mail jane.doe@example.com", "Refund issued.")]

@@ -42,6 +42,9 @@ def test_usage_errors_exit_2_without_a_traceback(golden: Path, tiny_model_dir: P
     assert code == 2 and "unknown metric 'json_validity'" in output and "valid metrics:" in output
     code, output = _eval(tiny_model_dir, tmp_path / "missing.jsonl", tmp_path / "o")
     assert code == 2 and "unknown suite" in output
+    # A relative gate with nothing to compare with is refused before any answer is generated.
+    code, output = _eval(tiny_model_dir, golden, tmp_path / "r", "eval.gates=['json_valid >= baseline + 0.1']")
+    assert code == 2 and "none is given" in " ".join(output.split()) and not (tmp_path / "r" / "eval.json").exists()
     p = subprocess.run([sys.executable, "-m", "tuneforge.cli", "eval", str(tiny_model_dir), "--suite", str(golden),
                         "--set", "eval.gates=['json_valid => 1']"], capture_output=True, text=True)
     assert p.returncode == 2 and "cannot parse gate" in p.stderr and "Traceback" not in p.stderr

@@ -188,8 +188,13 @@ def test_missing_reference_is_a_clear_error(example: Path, tmp_path: Path) -> No
     text = " ".join(res.output.split())
     assert res.exit_code == 2
     assert "no reference data" in text and "monitor.reference" in text
-    res = runner.invoke(app, ["monitor", "--set", f"monitor.reference={tmp_path / 'nope.jsonl'}"])
+    res = runner.invoke(app, ["monitor", "--set", "pipeline.name=support",
+                              "--set", f"monitor.reference={tmp_path / 'nope.jsonl'}"])
     assert res.exit_code == 2 and "does not exist" in " ".join(res.output.split())
+    # A misspelt model has no traffic at all: that is an error, not "no drift".
+    res = runner.invoke(app, ["monitor", "--set", "monitor.model=suport"])
+    text = " ".join(res.output.split())
+    assert res.exit_code == 2 and "no requests of suport" in text and "in the log: support" in text
 
 
 def test_config_refuses_a_test_that_could_never_alarm_and_bad_patterns() -> None:

@@ -40,6 +40,33 @@ def test_logs_lists_and_exports_jsonl(tmp_path: Path) -> None:
     assert [x["request_id"] for x in rows] == ["req-1", "req-3"] and rows[0]["key_id"] == "env"
 
 
+def test_logs_export_never_overwrites_a_file(tmp_path: Path) -> None:
+    log = RequestLog(log_path(Workspace.from_env()))
+    log.write(LogRecord("req-0", 1000.0, "chat", "env", "u1", "support", "support@1", "1", "production",
+                        prompt="p", response="r", prompt_tokens=4, completion_tokens=2))
+    log.close()
+    mine = tmp_path / "mine.jsonl"
+    mine.write_text('{"kept": true}\n')
+    r = runner.invoke(app, ["logs", "--export", str(mine)])
+    assert r.exit_code != 0 and "would be overwritten" in str(r.exception)
+    assert mine.read_text() == '{"kept": true}\n'
+
+
+def test_serve_on_a_port_in_use_or_out_of_range_is_a_clear_error(tmp_path: Path) -> None:
+    import socket
+
+    env = {**os.environ, "TUNEFORGE_HOME": str(tmp_path / "home"), "COLUMNS": "200"}
+    with socket.create_server(("127.0.0.1", 0)) as busy:
+        port = busy.getsockname()[1]
+        p = subprocess.run([sys.executable, "-m", "tuneforge.cli", "serve", "--no-auth", "--port", str(port)],
+                           capture_output=True, text=True, env=env, timeout=120)
+    assert p.returncode == 1 and "Traceback" not in p.stderr, p.stderr
+    assert f"cannot listen on 127.0.0.1:{port}" in p.stderr and "--port" in p.stderr
+    assert "serving" not in p.stdout  # nothing announced before the socket is ours
+    r = runner.invoke(app, ["serve", "--no-auth", "--port", "70000"])
+    assert r.exit_code == 2 and "65535" in r.output  # typer: the valid range, before anything starts
+
+
 def test_logs_without_a_log_says_how_to_get_one() -> None:
     r = runner.invoke(app, ["logs"])
     assert r.exit_code != 0 and "no request log" in str(r.exception)

@@ -136,8 +136,9 @@ def prepare(
         return _trainable(found)
 
     ws.ensure(ws.datasets_dir)
+    if out is not None:
+        _check_out(Path(out).resolve())
     parent = Path(out).resolve().parent if out else ws.datasets_dir
-    parent.mkdir(parents=True, exist_ok=True)
     tmp = parent / f".prepare-{input_key[:12]}-{os.getpid()}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
@@ -148,7 +149,11 @@ def prepare(
         raise
     manifest["timings"]["total_s"] = round(time.time() - started, 2)
     fingerprint = manifest["fingerprint"]
-    final = Path(out).resolve() if out else ws.datasets_dir / fingerprint[:16]
+    # Named by content, except a run that kept nothing: every such run has the same (empty) content,
+    # and each one's rejection report must survive the next.
+    kept = manifest["counts"]["kept_by_source"].get("domain", 0)
+    name = fingerprint[:16] if kept else f"rejected-{input_key[:16]}"
+    final = Path(out).resolve() if out else ws.datasets_dir / name
     # manifest.json is written last: its presence marks a complete dataset.
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
     if final.exists():
@@ -158,9 +163,28 @@ def prepare(
     return _trainable(PreparedDataset(final, fingerprint, manifest))
 
 
+def _check_out(path: Path) -> None:
+    """``--out`` may be new, empty or an earlier prepared dataset (replaced); never a directory of the
+    user's own files, which preparing would delete."""
+    if path.exists() and not path.is_dir():
+        raise DataError(f"--out {path} is a file, not a directory", where="--out",
+                        fix="choose a directory path (it is created)")
+    if path.is_dir() and any(path.iterdir()) and not (path / MANIFEST).is_file():
+        raise DataError(f"--out {path} holds files that are not a prepared dataset, and preparing would replace "
+                        "the directory", where="--out", fix="choose a new or empty directory")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DataError(f"cannot create {path.parent}: {exc.strerror}", where="--out",
+                        fix="choose a directory you can write to") from None
+
+
 def _trainable(ds: PreparedDataset) -> PreparedDataset:
     """The dataset, or an error when every domain row was rejected (the report is still on disk)."""
     c = ds.counts
+    if c["read_by_source"].get("domain", 0) == 0:
+        raise DataError("nothing to train on: the input files have no rows", where=str(ds.path / MANIFEST),
+                        fix="check that the inputs are the right files and not empty")
     if c["kept_by_source"].get("domain", 0) == 0:
         reasons = ", ".join(f"{k}: {v}" for k, v in c["rejected_by_reason"].items())
         raise DataError(
@@ -182,6 +206,9 @@ def _input_specs(dcfg: DataConfig, inputs: list[str] | None) -> list[_Input]:
     if dcfg.mix.path and dcfg.mix.ratio > 0:
         specs.append(_Input(Path(dcfg.mix.path), dcfg.mix.format, "general"))
     for s in specs:
+        if s.path.is_dir():
+            raise DataError(f"input {s.path} is a directory, not a file", where=str(s.path),
+                            fix=f"name the files in it, e.g. {s.path}/*.jsonl")
         if not s.path.is_file():
             raise DataError(f"input file {s.path} does not exist", where=str(s.path),
                             fix="check the path (relative paths are taken from the current directory)")
@@ -248,9 +275,13 @@ def _count_rows(spec: _Input) -> int | None:
     """A cheap row-count estimate for the progress bar's ETA."""
     suffix = spec.path.suffix.lower()
     if suffix == ".parquet":
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
-        return pq.ParquetFile(spec.path).metadata.num_rows
+        try:
+            return pq.ParquetFile(spec.path).metadata.num_rows
+        except (pa.ArrowException, OSError):
+            return None  # not readable as Parquet: the reader says so with the file's name
     if suffix in (".jsonl", ".ndjson", ".csv"):
         return spec.newlines
     return None

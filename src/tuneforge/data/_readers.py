@@ -344,8 +344,12 @@ def _read_csv(path: Path, source: str) -> Iterator[RawRow]:
 def _csv_header(path: Path, source: str) -> list[str]:
     # The column names are needed up front to read every column as a string; opening the
     # file parses only its first block.
-    with _open_csv(path, source, lambda _row: "skip", None) as probe:
-        names = list(probe.schema.names)
+    try:
+        with _open_csv(path, source, lambda _row: "skip", None) as probe:
+            names = list(probe.schema.names)
+    except UnicodeDecodeError as exc:
+        raise DataError(f"the CSV file is not UTF-8 text (byte {exc.start} of its header)", where=source,
+                        fix="save the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8`)") from None
     seen: set[str] = set()
     for name in names:
         if name in seen:

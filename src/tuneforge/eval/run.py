@@ -107,6 +107,11 @@ def evaluate(cfg: Any, model: str, *, suites: list[str] | None = None, baselines
     valid = {s.name: _metric_names(s, ecfg.json_fields) for s in loaded_suites}
     gates_mod.check_names(parsed, [s.name for s in loaded_suites], primary, valid)
 
+    relative = [g.expr for g in parsed if g.relative]
+    if relative and not [*ecfg.baselines, *(baselines or [])]:  # would fail only after the whole evaluation
+        raise EvalError(f"gate(s) {', '.join(map(repr, relative))} compare with a baseline, but none is given",
+                        where="eval.gates", fix="pass --baseline MODEL (e.g. the base model) or set eval.baselines")
+
     candidate = resolve_spec(model, ws)
     base_specs = [resolve_spec(b, ws) for b in [*ecfg.baselines, *(baselines or [])]]
     labels = [CANDIDATE, *baseline_labels(len(base_specs))]

@@ -108,6 +108,15 @@ def read_window(ws: Workspace, model: str, *, window: int, since_s: float | None
     return current, previous
 
 
+def _logged_models(ws: Workspace, limit: int = 5000) -> str:
+    """The model names requested in the newest ``limit`` log rows, for an error message."""
+    from tuneforge.serve.requestlog import log_path, read_log
+
+    path = log_path(ws)
+    names = sorted({str(r["model_requested"]).split("@")[0] for r in read_log(path, limit=limit)}) if path.is_file() else []
+    return "in the log: " + ", ".join(names) if names else "the log is empty"
+
+
 def _scores(feedback: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, float]:
     """Feedback scores (normalised to [0, 1]) of these rows' requests, by request id."""
     return {r["request_id"]: feedback[r["request_id"]].score for r in rows if r["request_id"] in feedback}
@@ -382,6 +391,9 @@ def run_monitor(cfg: TuneforgeConfig, ws: Workspace | None = None, *, now: float
     name = m.model or cfg.pipeline.name
     now = time.time() if now is None else now
     current, previous = read_window(ws, name, window=m.window, since_s=m.since_s, now=now)
+    if not current and not previous:  # a model the log never saw: a typo would otherwise read as "no drift"
+        raise MonitorError(f"the request log has no requests of {name}", where="monitor.model / pipeline.name",
+                           fix=f"set monitor.model to a served model ({_logged_models(ws)}), or serve {name} first")
     served = _served_version(cfg, ws, name, current)
     ref = load_reference(reference_source(cfg, ws, served))
     tell(f"{len(current)} recent requests of {name} vs {len(ref.prompts)} reference prompts ({ref.source})")

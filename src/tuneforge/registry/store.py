@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from tuneforge.errors import IntegrityError, RegistryError
+from tuneforge.outputs import output_dir
 from tuneforge.registry import integrity, promotion
 from tuneforge.registry.audit import AuditEntry, AuditLog
 from tuneforge.registry.integrity import FileEntry
@@ -208,7 +209,7 @@ class Registry:
                                 fix="choose a new directory or empty it first")
         src = self.local_path(ref)
         mv = self.resolve(ref)
-        out.parent.mkdir(parents=True, exist_ok=True)
+        output_dir(out, where=str(out))
         shutil.copytree(src, out, dirs_exist_ok=True)
         integrity.verify(out, mv.files, f"{mv.ref} copied to {out}")
         return out

@@ -43,7 +43,7 @@ def serve(
     config: ConfigOpt = None,
     set_: SetOpt = None,
     host: Annotated[str | None, typer.Option(help="Bind address (default: serve.host).")] = None,
-    port: Annotated[int | None, typer.Option(help="Port (default: serve.port; 0 = any free port).")] = None,
+    port: Annotated[int | None, typer.Option(min=0, max=65535, help="Port (default: serve.port; 0 = any free port).")] = None,
     engine: Annotated[str | None, typer.Option(help="local or vllm (default: serve.engine).")] = None,
     model: Annotated[str | None, typer.Option("--model", "-m", help="Base model ref (default: model.base).")] = None,
     no_auth: Annotated[bool, typer.Option("--no-auth", help="No API keys; binds to 127.0.0.1 only.")] = False,
@@ -147,7 +147,10 @@ def logs(
         raise ServeCliError(f"no request log at {path}", where="tuneforge logs",
                             fix="serve some requests with `tuneforge serve` first (or set TUNEFORGE_HOME)")
     if export is not None:
-        n = export_jsonl(path, export, limit=limit or None, model=model)
+        from tuneforge.outputs import output_file
+
+        n = export_jsonl(path, output_file(export, where="--export", replace=False), limit=limit or None,
+                         model=model)
         console.out.print(f"wrote {n} request(s) to {escape(str(export))}")
         return
     table = Table(title=f"request log ({escape(str(path))})")

@@ -150,17 +150,32 @@ def run(cfg: Any, *, host: str | None = None, port: int | None = None, engine_ki
 
     use_auth = cfg.serve.auth if auth is None else auth
     bound, notes = bind_host(cfg, host, use_auth)
-    chosen_port = cfg.serve.port if port is None else port
-    if chosen_port == 0:
-        chosen_port = free_port(bound)
-    app = build_app(cfg, engine_kind=engine_kind, base=base, auth=use_auth)
-    if on_ready is not None:
-        gw = app.state.gateway
-        on_ready(ServeInfo(f"http://{bound}:{chosen_port}/v1", bound, chosen_port, use_auth, len(gw.settings.keys),
-                           engine_kind or cfg.serve.engine, gw.catalog.all_names(), notes))
-    # uvicorn re-raises Ctrl-C once its graceful shutdown has completed; that is a clean exit here.
-    with contextlib.suppress(KeyboardInterrupt):
-        uvicorn.Server(_uvicorn_config(app, bound, chosen_port, cfg)).run()
+    # Bound before the model loads and before "serving ..." is announced: a port in use is an error at
+    # once, and port 0 becomes the port actually listened on.
+    sock = listen(bound, cfg.serve.port if port is None else port)
+    chosen_port = int(sock.getsockname()[1])
+    try:
+        app = build_app(cfg, engine_kind=engine_kind, base=base, auth=use_auth)
+        if on_ready is not None:
+            gw = app.state.gateway
+            on_ready(ServeInfo(f"http://{bound}:{chosen_port}/v1", bound, chosen_port, use_auth,
+                               len(gw.settings.keys), engine_kind or cfg.serve.engine, gw.catalog.all_names(), notes))
+        # uvicorn re-raises Ctrl-C once its graceful shutdown has completed; that is a clean exit here.
+        with contextlib.suppress(KeyboardInterrupt):
+            uvicorn.Server(_uvicorn_config(app, bound, chosen_port, cfg)).run(sockets=[sock])
+    finally:
+        sock.close()
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A listening socket on host:port, or a clear error when that address cannot be had."""
+    try:
+        return socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET,
+                                    backlog=2048)
+    except OSError as exc:
+        raise ServeError(f"cannot listen on {host}:{port}: {exc.strerror or exc}", where="--host / --port",
+                             fix="stop the process using that port, or choose another with --port "
+                             "(0 = any free port); --host must be an address of this machine") from None
 
 
 class ServerThread:
