@@ -98,8 +98,9 @@ def test_missing_file_and_bad_yaml(tmp_path: Path) -> None:
         load_config(tmp_path / "nope.yaml")
     bad = tmp_path / "bad.yaml"
     bad.write_text("data: [unclosed\n")
-    with pytest.raises(ConfigError, match="not valid YAML"):
+    with pytest.raises(ConfigError, match="not valid YAML") as e:
         load_config(bad)
+    assert f'in "{bad}", line' in str(e.value)  # the parser's position names the file
 
 
 def test_show_round_trips() -> None:

@@ -93,7 +93,7 @@ def data_prepare(
 def data_inspect(
     path: Annotated[Path, typer.Argument(help="A prepared dataset directory.")],
     html: Annotated[Path | None, typer.Option("--html", help="Also write an HTML report here.")] = None,
-    samples: Annotated[int, typer.Option(help="Rendered samples to show.")] = 3,
+    samples: Annotated[int, typer.Option(min=0, help="Rendered samples to show.")] = 3,
 ) -> None:
     """Counts, token lengths, turns, reject reasons and samples with trained spans marked."""
     from tuneforge.data import inspect_dataset, render_html

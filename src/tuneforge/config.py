@@ -7,6 +7,7 @@ its key path, the file line it came from and the closest valid key.
 from __future__ import annotations
 
 import difflib
+import io
 from pathlib import Path
 from typing import Any, Literal
 
@@ -1036,7 +1037,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise ConfigError([f"not UTF-8 text (byte {exc.start}); save the file as UTF-8"], source=str(p)) from None
         source = str(p)
         try:
-            loaded = yaml.safe_load(text)
+            stream = io.StringIO(text)
+            stream.name = str(p)  # YAML's error marks name the file, not "<unicode string>"
+            loaded = yaml.safe_load(stream)
         except yaml.YAMLError as exc:
             raise ConfigError([f"not valid YAML: {exc}"], source=source) from None
         if loaded is None:

@@ -134,7 +134,7 @@ def hash_key_cmd(
 
 
 def logs(
-    limit: Annotated[int, typer.Option(help="Rows to show or export (newest); 0 = all.")] = 20,
+    limit: Annotated[int, typer.Option(min=0, help="Rows to show or export (newest); 0 = all.")] = 20,
     export: Annotated[Path | None, typer.Option("--export", help="Write the rows as JSONL here.")] = None,
     model: Annotated[str | None, typer.Option("--model", help="Only requests for this model (NAME or NAME@VERSION).")] = None,
 ) -> None:
