@@ -21,7 +21,7 @@ def output_file(path: Path, *, where: str, replace: bool = True) -> Path:
     """``path``, ready to be written: not a directory, its parent created and writable, and, with
     ``replace=False``, not an existing non-empty file."""
     if path.is_dir():
-        raise OutputPathError(f"{path} is a directory", where=where, fix=f"name a file, e.g. {path / path.name}.out")
+        raise OutputPathError(f"{path} is a directory", where=where, fix="name a file (in that directory or elsewhere)")
     if not replace and path.is_file() and path.stat().st_size > 0:
         raise OutputPathError(f"{path} already exists and would be overwritten", where=where,
                               fix="choose another file name, or delete the file first")

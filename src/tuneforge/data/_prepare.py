@@ -31,6 +31,7 @@ from tuneforge.data._stats import token_stats
 from tuneforge.data._types import RawRow, Reject, RejectReason
 from tuneforge.errors import DataError
 from tuneforge.models._hashing import sha256_file
+from tuneforge.outputs import output_dir
 from tuneforge.workspace import Workspace
 
 # Bump when a change to this stage changes its output for the same input.
@@ -172,11 +173,7 @@ def _check_out(path: Path) -> None:
     if path.is_dir() and any(path.iterdir()) and not (path / MANIFEST).is_file():
         raise DataError(f"--out {path} holds files that are not a prepared dataset, and preparing would replace "
                         "the directory", where="--out", fix="choose a new or empty directory")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise DataError(f"cannot create {path.parent}: {exc.strerror}", where="--out",
-                        fix="choose a directory you can write to") from None
+    output_dir(path.parent, where="--out")
 
 
 def _trainable(ds: PreparedDataset) -> PreparedDataset:

@@ -174,8 +174,8 @@ def listen(host: str, port: int) -> socket.socket:
                                     backlog=2048)
     except OSError as exc:
         raise ServeError(f"cannot listen on {host}:{port}: {exc.strerror or exc}", where="--host / --port",
-                             fix="stop the process using that port, or choose another with --port "
-                             "(0 = any free port); --host must be an address of this machine") from None
+                         fix="stop the process using that port, or choose another with --port "
+                         "(0 = any free port); --host must be an address of this machine") from None
 
 
 class ServerThread:
