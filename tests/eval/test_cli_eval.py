@@ -42,6 +42,10 @@ def test_usage_errors_exit_2_without_a_traceback(golden: Path, tiny_model_dir: P
     assert code == 2 and "unknown metric 'json_validity'" in output and "valid metrics:" in output
     code, output = _eval(tiny_model_dir, tmp_path / "missing.jsonl", tmp_path / "o")
     assert code == 2 and "unknown suite" in output
+    code, output = _eval(tmp_path / "no-model", golden, tmp_path / "o")
+    assert code == 2 and "where: MODEL" in output  # the argument that named it, not model.base
+    code, output = _eval(tiny_model_dir, golden, tmp_path / "o", f"eval.baselines=['{tmp_path / 'no-base'}']")
+    assert code == 2 and "where: --baseline / eval.baselines" in output
     # A relative gate with nothing to compare with is refused before any answer is generated.
     code, output = _eval(tiny_model_dir, golden, tmp_path / "r", "eval.gates=['json_valid >= baseline + 0.1']")
     assert code == 2 and "none is given" in " ".join(output.split()) and not (tmp_path / "r" / "eval.json").exists()

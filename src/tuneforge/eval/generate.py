@@ -34,8 +34,10 @@ class ModelSpec:
     meta: dict[str, Any] = field(default_factory=dict, repr=False)
 
 
-def resolve_spec(ref: str, workspace: Workspace) -> ModelSpec:
-    """A base model ref, an adapter directory, or a registry reference name@version / name@alias."""
+def resolve_spec(ref: str, workspace: Workspace, *, where: str = "MODEL") -> ModelSpec:
+    """A base model ref, an adapter directory, or a registry reference name@version / name@alias.
+
+    ``where``: the argument that named ``ref``, for errors (the model resolver's own say model.base)."""
     from tuneforge.train._artifacts import read_meta
 
     local = Path(ref).expanduser()
@@ -47,9 +49,13 @@ def resolve_spec(ref: str, workspace: Workspace) -> ModelSpec:
         raise EvalError(f"'{ref}' is neither an adapter directory (no tuneforge.json) nor a model directory",
                         where="MODEL / --baseline", fix="pass an adapter directory written by `tuneforge train`, "
                         "a base model (bundled:smollm2-135m-instruct, a hub id, a model directory) or name@version")
+    from tuneforge.errors import ModelError
     from tuneforge.models import resolve_model
 
-    resolved = resolve_model(ref, workspace)
+    try:
+        resolved = resolve_model(ref, workspace)
+    except ModelError as exc:
+        raise ModelError(exc.what, where=where, fix=exc.fix) from None
     return ModelSpec(ref, "base", resolved.weights_sha256, resolved.path, ref)
 
 

@@ -113,7 +113,7 @@ def evaluate(cfg: Any, model: str, *, suites: list[str] | None = None, baselines
                         where="eval.gates", fix="pass --baseline MODEL (e.g. the base model) or set eval.baselines")
 
     candidate = resolve_spec(model, ws)
-    base_specs = [resolve_spec(b, ws) for b in [*ecfg.baselines, *(baselines or [])]]
+    base_specs = [resolve_spec(b, ws, where="--baseline / eval.baselines") for b in [*ecfg.baselines, *(baselines or [])]]
     labels = [CANDIDATE, *baseline_labels(len(base_specs))]
     specs = dict(zip(labels, [candidate, *base_specs], strict=True))
     generation = {"greedy": True, "seed": ecfg.seed, "max_new_tokens": ecfg.max_new_tokens,
@@ -329,7 +329,9 @@ def _comparison(suite: str, metric: str, label: str, ref: str, cand: float, base
 def _forgetting(runner: _Runner, candidate: ModelSpec, general: list[Suite], outputs: dict[str, dict[str, Outputs]],
                 ws: Workspace, ecfg: Any) -> dict[str, Any]:
     """Similarity of the base's and the candidate's answers to stored base reference answers."""
-    base = resolve_spec(candidate.base_ref, ws) if candidate.kind != "base" else candidate
+    base = candidate
+    if candidate.kind != "base":
+        base = resolve_spec(candidate.base_ref, ws, where=f"{candidate.ref}: base_model in tuneforge.json")
     embedder = M.Embedder()
     per_suite = []
     for suite in general:
