@@ -168,14 +168,21 @@ def run(cfg: Any, *, host: str | None = None, port: int | None = None, engine_ki
 
 
 def listen(host: str, port: int) -> socket.socket:
-    """A listening socket on host:port, or a clear error when that address cannot be had."""
+    """A socket bound to host:port, or a clear error when that address cannot be had.
+
+    Bound but not yet listening: until uvicorn has started (the engine loads first), a client is
+    refused at once instead of waiting in the accept queue of a server that is not answering yet.
+    """
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     try:
-        return socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET,
-                                    backlog=2048)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
     except OSError as exc:
+        sock.close()
         raise ServeError(f"cannot listen on {host}:{port}: {exc.strerror or exc}", where="--host / --port",
                          fix="stop the process using that port, or choose another with --port "
                          "(0 = any free port); --host must be an address of this machine") from None
+    return sock
 
 
 class ServerThread:
