@@ -138,6 +138,13 @@ class TensorBoardLogger(TensorBoardCallback):
         self.tb_writer = self._SummaryWriter(log_dir=self.logging_dir,
                                              filename_suffix=f".{os.getpid()}.{self._opened}")
 
+    def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> None:
+        super().on_log(args, state, control, logs=logs, **kwargs)
+        # The writer reopened for the final evaluation is never closed by the trainer: flush each entry,
+        # or its events stay in a buffer (lost when the process ends without closing it).
+        if self.tb_writer is not None:
+            self.tb_writer.flush()
+
 
 class _EpochSeededLengthGrouped(LengthGroupedSampler):
     """Length-grouped order drawn from (seed, epoch) alone, so a run resumed in a later epoch sees
