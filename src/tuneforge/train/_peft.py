@@ -57,6 +57,14 @@ def cpu_has_bf16() -> bool:
     return bool(check()) if check is not None else False
 
 
+def ignore_checkpointing_deprecation() -> None:
+    """Inside ``warnings.catch_warnings()``: PEFT and TRL read transformers' deprecated name of the
+    gradient-checkpointing flag, a FutureWarning no user can act on."""
+    import warnings
+
+    warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+
+
 def check_hardware(tcfg: TrainConfig) -> None:
     if tcfg.peft != "qlora":
         return

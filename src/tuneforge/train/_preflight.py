@@ -188,10 +188,11 @@ def estimate_memory(config: Any, tcfg: TrainConfig, peft_config: Any, tokens: in
 
         from peft import get_peft_model
 
+        from tuneforge.train._peft import ignore_checkpointing_deprecation
+
         try:
-            with warnings.catch_warnings():  # PEFT reads transformers' deprecated checkpointing flag
-                warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated",
-                                        category=FutureWarning)
+            with warnings.catch_warnings():
+                ignore_checkpointing_deprecation()
                 peft_model = get_peft_model(model, copy.deepcopy(peft_config))
         except ValueError as exc:  # e.g. target modules the model does not have
             raise _peft_refused(exc, tcfg, model) from None

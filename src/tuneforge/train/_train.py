@@ -158,9 +158,12 @@ def train(
                  "tuneforge.base": model_ref.identity},
                 dataset,
             )
+        extra = [*(callbacks or []), *([tracker.callback()] if tracker else [])]
         tensorboard = ws.tensorboard_dir / f"{name}-{key[:12]}" if "tensorboard" in tcfg.report_to else None
-        extra = [*(callbacks or []), *([tracker.callback()] if tracker else []),
-                 *([_tensorboard_logger(tensorboard)] if tensorboard else [])]
+        if tensorboard:
+            from tuneforge.train._trainer import TensorBoardLogger
+
+            extra.append(TensorBoardLogger(tensorboard))
         started = time.time()
         trainer, output, val_loss, best, retries = _fit_backing_off(
             lambda t: methods.load_for_training(model_ref, t, cfg.model.dtype, prec, attn),
@@ -175,9 +178,8 @@ def train(
         metrics["oom_retries"] = [r.to_dict() for r in retries]
         if progress:
             progress(TrainProgress("saving", step, step))
-        meta = _meta_and_save(cfg, trainer, tokenizer, target, name, key, model_ref, contract, dataset, prec,
-                              packing, packing_reason, peft_config, metrics, preflight, checkpoint, run, tracker,
-                              tensorboard)
+        meta = _meta_and_save(cfg, trainer, tokenizer, target, name, key, model_ref, contract, dataset, peft_config,
+                              metrics, preflight, checkpoint, run, tracker, tensorboard)
     except BaseException as exc:
         if tracker:
             tracker.fail(exc)
@@ -187,17 +189,10 @@ def train(
     return TrainResult(target, name, key, preflight, metrics, meta, resumed_from_step=_step_of(checkpoint))
 
 
-def _tensorboard_logger(log_dir: Path) -> Any:
-    from tuneforge.train._trainer import TensorBoardLogger
-
-    return TensorBoardLogger(log_dir)
-
-
 def _meta_and_save(cfg: TuneforgeConfig, trainer: Any, tokenizer: Any, target: Path, name: str, key: str,
-                   model_ref: Any, contract: Any, dataset: PreparedDataset, prec: str, packing: str,
-                   packing_reason: str, peft_config: Any, metrics: dict[str, Any], preflight: pf.Preflight,
-                   checkpoint: Path | None, run: RunDirs, tracker: TrainTracker | None,
-                   tensorboard: Path | None) -> dict[str, Any]:
+                   model_ref: Any, contract: Any, dataset: PreparedDataset, peft_config: Any,
+                   metrics: dict[str, Any], preflight: pf.Preflight, checkpoint: Path | None, run: RunDirs,
+                   tracker: TrainTracker | None, tensorboard: Path | None) -> dict[str, Any]:
     """tuneforge.json's content, then the adapter directory written with it (rank 0 only)."""
     tcfg = cfg.train
     meta = {
@@ -211,8 +206,8 @@ def _meta_and_save(cfg: TuneforgeConfig, trainer: Any, tokenizer: Any, target: P
         "dataset": {"fingerprint": dataset.fingerprint, "path": str(dataset.path)},
         "config": cfg.model_dump(mode="json"),
         "seed": tcfg.seed,
-        "precision": prec,
-        "packing": {"mode": packing, "reason": packing_reason},
+        "precision": preflight.precision,
+        "packing": {"mode": preflight.packing, "reason": preflight.packing_reason},
         "kernels": {"name": preflight.kernels, "reason": preflight.kernels_reason},
         "peft_type": methods.peft_type(peft_config),
         "serving": methods.serving(tcfg, peft_config),
@@ -343,8 +338,7 @@ def _fit(model: Any, tokenizer: Any, peft_config: Any, tcfg: Any, train_set: _Sp
     with quiet_datasets(), warnings.catch_warnings():
         # TRL points Liger users at Hub kernels, which need a download; Liger is the installed choice.
         warnings.filterwarnings("ignore", message=".*use_liger_kernel=True. is deprecated", category=FutureWarning)
-        # PEFT and TRL read transformers' old name for the flag; nothing a user can change.
-        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        methods.ignore_checkpointing_deprecation()
         if tcfg.method == "dpo":
             from tuneforge.train import _dpo
 
