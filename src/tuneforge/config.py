@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import io
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -90,12 +91,6 @@ class PiiConfig(_Section):
         description="Minimum recognizer confidence. Phone numbers score 0.4 without context "
         "words, so lower this to catch bare numbers at the cost of false positives.",
     )
-
-    @field_validator("mode", mode="before")
-    @classmethod
-    def _yaml_off(cls, value: Any) -> Any:
-        # YAML reads a bare `off` (in the file or in --set data.pii.mode=off) as the boolean false.
-        return "off" if value is False else value
 
 
 class DecontamConfig(_Section):
@@ -1020,6 +1015,20 @@ class TuneforgeConfig(_Section):
 # loading
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML with YAML 1.2's booleans (true/false only). YAML 1.1 also reads on/off/yes/no as booleans,
+    so `data.pii.mode: off` would arrive as false, not as the mode named off; pydantic still accepts
+    on/off/yes/no for the boolean fields."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                              list("tTfF"))
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TuneforgeConfig:
     """Read ``path`` (optional), apply ``key.path=value`` overrides, validate everything at once."""
     raw: dict[str, Any] = {}
@@ -1039,7 +1048,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         try:
             stream = io.StringIO(text)
             stream.name = str(p)  # YAML's error marks name the file, not "<unicode string>"
-            loaded = yaml.safe_load(stream)
+            loaded = yaml.load(stream, Loader=_Loader)
         except yaml.YAMLError as exc:
             raise ConfigError([f"not valid YAML: {exc}"], source=source) from None
         if loaded is None:
@@ -1078,7 +1087,7 @@ def _apply_override(raw: dict[str, Any], item: str) -> None:
             raise ValueError(f"--set {item!r}: {k} is not a section")
         node = child
     try:
-        node[parts[-1]] = yaml.safe_load(value) if value.strip() else ""
+        node[parts[-1]] = yaml.load(value, Loader=_Loader) if value.strip() else ""
     except yaml.YAMLError:
         node[parts[-1]] = value
 
