@@ -15,6 +15,7 @@ import typer
 
 from tuneforge import console
 from tuneforge.errors import TuneforgeError
+from tuneforge.outputs import output_dir, output_file
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="tuneforge: prepare data, fine-tune, evaluate, register and serve LLMs.")
@@ -97,7 +98,6 @@ def data_inspect(
 ) -> None:
     """Counts, token lengths, turns, reject reasons and samples with trained spans marked."""
     from tuneforge.data import inspect_dataset, render_html
-    from tuneforge.outputs import output_file
 
     if html:
         output_file(html, where="--html")
@@ -208,7 +208,6 @@ def eval_cmd(
     """Score MODEL on golden suites (CIs, baselines, forgetting, judge) and check eval.gates (exit 1 on failure)."""
     from tuneforge.eval import evaluate
     from tuneforge.eval.summary import print_summary
-    from tuneforge.outputs import output_dir
 
     try:
         if out is not None:
@@ -293,8 +292,6 @@ def monitor_cmd(
 
     try:
         if json_out is not None:
-            from tuneforge.outputs import output_file
-
             output_file(json_out, where="--json")
         cfg = _load(config, set_)
         if watch:
@@ -329,7 +326,6 @@ def ab_report_cmd(
 
     from tuneforge.monitor import _render
     from tuneforge.monitor.ab import ab_report, parse_duration
-    from tuneforge.outputs import output_file
     from tuneforge.workspace import Workspace
 
     if json_out is not None:

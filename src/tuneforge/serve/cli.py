@@ -15,6 +15,7 @@ from rich.table import Table
 
 from tuneforge import console
 from tuneforge.errors import TuneforgeError
+from tuneforge.outputs import output_file
 
 SERVE_URL_ENV = "TUNEFORGE_SERVE_URL"
 
@@ -147,8 +148,6 @@ def logs(
         raise ServeCliError(f"no request log at {path}", where="tuneforge logs",
                             fix="serve some requests with `tuneforge serve` first (or set TUNEFORGE_HOME)")
     if export is not None:
-        from tuneforge.outputs import output_file
-
         n = export_jsonl(path, output_file(export, where="--export", replace=False), limit=limit or None,
                          model=model)
         console.out.print(f"wrote {n} request(s) to {escape(str(export))}")

@@ -152,7 +152,7 @@ def run(cfg: Any, *, host: str | None = None, port: int | None = None, engine_ki
     bound, notes = bind_host(cfg, host, use_auth)
     # Bound before the model loads and before "serving ..." is announced: a port in use is an error at
     # once, and port 0 becomes the port actually listened on.
-    sock = listen(bound, cfg.serve.port if port is None else port)
+    sock = reserve_port(bound, cfg.serve.port if port is None else port)
     chosen_port = int(sock.getsockname()[1])
     try:
         app = build_app(cfg, engine_kind=engine_kind, base=base, auth=use_auth)
@@ -167,7 +167,7 @@ def run(cfg: Any, *, host: str | None = None, port: int | None = None, engine_ki
         sock.close()
 
 
-def listen(host: str, port: int) -> socket.socket:
+def reserve_port(host: str, port: int) -> socket.socket:
     """A socket bound to host:port, or a clear error when that address cannot be had.
 
     Bound but not yet listening: until uvicorn has started (the engine loads first), a client is
